@@ -1,0 +1,5 @@
+import sys
+
+from officerouter.cli import main
+
+sys.exit(main())

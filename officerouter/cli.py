@@ -1,0 +1,79 @@
+"""``officerouter token|keygen``: mint a development token, or make fresh keys."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from officerouter.auth import dev_vars, sign_token
+from officerouter.config import ConfigError, read_env_file, unescape_pem
+from officerouter.messages import ROLES
+from officerouter.tap import resolve_env_file
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="officerouter")
+    commands = parser.add_subparsers(dest="command", required=True)
+    token = commands.add_parser(
+        "token", help="print a client JWT signed with JWT_PRIVATE_KEY"
+    )
+    token.add_argument("user_id", nargs="?", default="test-user-1")
+    token.add_argument("org_id", nargs="?", default="org-123")
+    token.add_argument("role", nargs="?", default="member", choices=ROLES)
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument(
+        "--env-file", default=None, help="env file (default: .dev.vars when present)"
+    )
+    keygen = commands.add_parser(
+        "keygen", help="print a fresh key pair and service token in .dev.vars form"
+    )
+    keygen.add_argument("--type", choices=("rsa", "ec", "ed25519"), default="rsa")
+    return parser
+
+
+def _private_key(env_file: Path | None) -> str:
+    values = read_env_file(env_file) if env_file is not None else {}
+    value = os.environ.get("JWT_PRIVATE_KEY") or values.get("JWT_PRIVATE_KEY")
+    if not value:
+        raise ConfigError(
+            "JWT_PRIVATE_KEY",
+            "not set; put the signing key in the environment or .dev.vars "
+            "(twistd -n officerouter --dev creates one)",
+        )
+    return unescape_pem(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "keygen":
+            sys.stdout.write(dev_vars(args.type))
+            return 0
+        if not 1 <= args.ttl <= 7 * 86400:
+            raise ConfigError("--ttl", "must be between 1 second and 7 days")
+        env_file = resolve_env_file(args.env_file, Path.cwd())
+        token = sign_token(
+            _private_key(env_file),
+            user_id=args.user_id,
+            org_id=args.org_id,
+            role=args.role,
+            ttl=args.ttl,
+            now=time.time(),
+        )
+    except ConfigError as e:
+        print(f"officerouter: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"officerouter: JWT_PRIVATE_KEY: {e}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The one place JSON is read and written, and the contract is enforced.
+
+Two steps, two error paths: the envelope is structured first, then its ``type`` is
+looked up in the catalog and the payload is structured with that type's class.
+Every failure becomes a :class:`ContractError` listing ``(path, reason)`` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import attrs
+import cattrs
+import orjson
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_unstructure_fn
+
+from officerouter import codes
+from officerouter.messages import (
+    MAX_ID_LENGTH,
+    MAX_TARGETS,
+    ClientEnvelope,
+    ClientMessage,
+    Notification,
+    NotifyEnvelope,
+)
+
+MAX_DEPTH: Final = 16
+
+converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+
+def _exact(label: str, *types: type) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _: Any) -> Any:
+        # bool is an int subclass; a number field never takes true/false.
+        if type(value) not in types:
+            raise TypeError(f"expected {label}")
+        return value
+
+    return hook
+
+
+# cattrs coerces primitives by default ("1" -> 1, 1 -> "1"); the contract does not.
+converter.register_structure_hook(str, _exact("a string", str))
+converter.register_structure_hook(int, _exact("an integer", int))
+converter.register_structure_hook(float, _exact("a number", float, int))
+converter.register_structure_hook(bool, _exact("true or false", bool))
+converter.register_unstructure_hook_factory(
+    attrs.has,
+    lambda cl: make_dict_unstructure_fn(cl, converter, _cattrs_omit_if_default=True),
+)
+
+
+class ContractError(Exception):
+    """Input that breaks the contract: an error code and every offending field."""
+
+    def __init__(self, code: str, errors: Iterable[tuple[str, str]]) -> None:
+        self.code = code
+        self.errors = tuple(errors)
+        super().__init__(code, self.errors)
+
+    @property
+    def message(self) -> str:
+        """One line naming every offending field, for error frames and logs."""
+        return "; ".join(f"{path}: {reason}" for path, reason in self.errors)
+
+
+@attrs.define(slots=True, eq=False)
+class Encoded:
+    """An outgoing message, encoded once and written as the same bytes to every target.
+
+    ``framings`` lets a transport adapter cache its own framing of ``data`` (for
+    WebSocket: the frame header plus ``data``), so that too is built once.
+    """
+
+    type: str
+    data: bytes
+    sender: str | None = None
+    #: Superseded by the sender's next message of the same type (positions): a
+    #: slow connection may skip it when a newer one is queued.
+    ephemeral: bool = False
+    framings: dict[str, bytes] = attrs.Factory(dict)
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ContractError(
+                codes.ERR_INVALID_JSON, [("$", f"duplicate key {key!r}")]
+            )
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ContractError(codes.ERR_INVALID_JSON, [("$", f"{name} is not valid JSON")])
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(data: bytes) -> Any:
+    """Parse strict JSON: UTF-8 only, no duplicate keys, no NaN, bounded depth.
+
+    :raises ContractError: with code ``invalid_json``.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(
+            codes.ERR_INVALID_JSON, [("$", "not valid UTF-8")]
+        ) from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_constant=_no_constants,
+        )
+    except RecursionError:
+        raise ContractError(
+            codes.ERR_INVALID_JSON, [("$", f"nested deeper than {MAX_DEPTH} levels")]
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ContractError(
+            codes.ERR_INVALID_JSON,
+            [("$", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")],
+        ) from None
+    if _depth_exceeds(value, MAX_DEPTH):
+        raise ContractError(
+            codes.ERR_INVALID_JSON, [("$", f"nested deeper than {MAX_DEPTH} levels")]
+        )
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise plain data (the one JSON writer)."""
+    return orjson.dumps(value)
+
+
+# ---------------------------------------------------------------- structuring
+
+
+def _format(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return "\0" + "\0".join(sorted(exc.extra_fields))
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, TypeError | ValueError):
+        return str(exc) or exc.__class__.__name__
+    return "invalid value"
+
+
+def _errors(exc: Exception, root: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for line in cattrs.transform_error(exc, path=root, format_exception=_format):
+        reason, _, path = line.rpartition(" @ ")
+        if reason.startswith("\0"):
+            pairs.extend(
+                (f"{path}.{key}", "unknown field") for key in reason[1:].split("\0")
+            )
+        else:
+            pairs.append((path, reason))
+    return pairs
+
+
+def structure(value: Any, cls: type[Any], root: str = "$") -> Any:
+    """Structure plain data into the attrs class ``cls``.
+
+    Unknown fields and every other offending field are reported together.
+
+    :raises ContractError: with code ``invalid_message`` and every offending path.
+    """
+    if not isinstance(value, Mapping):
+        raise ContractError(codes.ERR_INVALID_MESSAGE, [(root, "expected an object")])
+    known = {a.name for a in attrs.fields(cls)}
+    errors = [(f"{root}.{key}", "unknown field") for key in value if key not in known]
+    try:
+        result = converter.structure(
+            {k: v for k, v in value.items() if k in known} if errors else value, cls
+        )
+    except (
+        ClassValidationError,
+        IterableValidationError,
+        ForbiddenExtraKeysError,
+    ) as e:
+        errors.extend(_errors(e, root))
+    if errors:
+        raise ContractError(codes.ERR_INVALID_MESSAGE, errors)
+    return result
+
+
+def _payload_class(catalog: Mapping[str, Any], type_: str) -> type[Any]:
+    spec = catalog.get(type_)
+    if spec is None:
+        raise ContractError(
+            codes.ERR_UNKNOWN_TYPE, [("$.type", f"unknown type {type_!r}")]
+        )
+    payload: type[Any] = spec.payload
+    return payload
+
+
+def decode_client(data: bytes, catalog: Mapping[str, Any]) -> ClientMessage:
+    """Validate one client frame against the contract.
+
+    :raises ContractError: invalid JSON, unknown or client-forbidden type, bad payload.
+    """
+    envelope = structure(parse_json(data), ClientEnvelope)
+    payload_class = _payload_class(catalog, envelope.type)
+    if not catalog[envelope.type].client_allowed:
+        raise ContractError(
+            codes.ERR_TYPE_NOT_ALLOWED,
+            [("$.type", f"clients may not send {envelope.type!r}")],
+        )
+    payload = structure(envelope.payload, payload_class, "$.payload")
+    return ClientMessage(type=envelope.type, payload=payload)
+
+
+def decode_notify(data: bytes, catalog: Mapping[str, Any]) -> Notification:
+    """Validate one ``/internal/notify`` body against the contract.
+
+    :raises ContractError: every offending field, with the most specific code.
+    """
+    raw = parse_json(data)
+    try:
+        envelope = structure(raw, NotifyEnvelope)
+    except ContractError as e:
+        # Report the payload's faults too when its type can be told.
+        found = list(e.errors)
+        type_ = raw.get("type") if isinstance(raw, Mapping) else None
+        spec = catalog.get(type_) if isinstance(type_, str) else None
+        if spec is not None:
+            try:
+                structure(raw.get("payload"), spec.payload, "$.payload")
+            except ContractError as payload_error:
+                found.extend(payload_error.errors)
+        raise ContractError(e.code, found) from None
+    payload_class = _payload_class(catalog, envelope.type)
+    spec = catalog[envelope.type]
+    errors: list[tuple[str, str]] = []
+    if envelope.routing not in spec.routings:
+        allowed = " or ".join(sorted(spec.routings))
+        reason = (
+            f"{envelope.type} may only be sent with {allowed} routing"
+            if allowed
+            else f"{envelope.type} is sent by clients, not the backend"
+        )
+        raise ContractError(codes.ERR_ROUTING_NOT_ALLOWED, [("$.routing", reason)])
+    targets = envelope.targets
+    if envelope.routing == "broadcast":
+        if targets is not None:
+            errors.append(("$.targets", "not allowed with broadcast routing"))
+    elif not targets:
+        errors.append(("$.targets", "required and non-empty with direct routing"))
+    else:
+        if len(targets) > MAX_TARGETS:
+            errors.append(("$.targets", f"more than {MAX_TARGETS} targets"))
+        if len(set(targets)) != len(targets):
+            errors.append(("$.targets", "targets must be unique"))
+        for i, target in enumerate(targets):
+            if not target.strip() or len(target) > MAX_ID_LENGTH:
+                errors.append((f"$.targets[{i}]", "must be a non-empty id"))
+    try:
+        payload = structure(envelope.payload, payload_class, "$.payload")
+    except ContractError as e:
+        errors.extend(e.errors)
+    if errors:
+        raise ContractError(codes.ERR_INVALID_MESSAGE, errors)
+    return Notification(
+        org_id=envelope.orgId,
+        routing=envelope.routing,
+        type=envelope.type,
+        payload=payload,
+        targets=tuple(targets or ()),
+    )
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(
+    type_: str, payload: Any, *, sender: str | None = None, ephemeral: bool = False
+) -> Encoded:
+    """Encode an outgoing frame ``{"type", "from"?, "payload"}`` once."""
+    frame: dict[str, Any] = {"type": type_}
+    if sender is not None:
+        frame["from"] = sender
+    frame["payload"] = converter.unstructure(payload)
+    return Encoded(
+        type=type_, data=orjson.dumps(frame), sender=sender, ephemeral=ephemeral
+    )

@@ -1,0 +1,35 @@
+"""Every close code, error code and rejection reason the service puts on the wire.
+
+docs/protocol.md uses the same names.
+"""
+
+from typing import Final
+
+# WebSocket close codes (RFC 6455 section 7.4 and the private 4000-4999 range).
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+CLOSE_BANNED: Final = 4003
+
+# Codes carried by {"type":"error","payload":{"code":...}} frames and HTTP 4xx bodies.
+ERR_INVALID_JSON: Final = "invalid_json"
+ERR_INVALID_MESSAGE: Final = "invalid_message"
+ERR_UNKNOWN_TYPE: Final = "unknown_type"
+ERR_TYPE_NOT_ALLOWED: Final = "type_not_allowed"
+ERR_NOT_PERMITTED: Final = "not_permitted"
+ERR_ROUTING_NOT_ALLOWED: Final = "routing_not_allowed"
+ERR_RATE_LIMITED: Final = "rate_limited"
+ERR_UNAUTHORIZED: Final = "unauthorized"
+ERR_UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
+ERR_PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+ERR_BAD_REQUEST: Final = "bad_request"
+
+# Close reasons (short, safe to show to a client).
+REASON_BANNED: Final = "banned"
+REASON_BINARY: Final = "binary frames are not supported"
+REASON_SHUTDOWN: Final = "server shutting down"
+REASON_INTERNAL: Final = "internal error"

@@ -1,0 +1,171 @@
+"""The message contract as attrs classes: envelopes, one payload class per type.
+
+Attribute names are the wire names (``orgId``, ``roomId``), so the converter in
+:mod:`officerouter.codec` needs no renaming.  Every limit of docs/protocol.md is a
+validator here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final, Literal
+
+import attrs
+
+ROLES: Final = ("owner", "admin", "member", "guest", "pending_guest")
+Role = Literal["owner", "admin", "member", "guest", "pending_guest"]
+ADMITTED_ROLES: Final = frozenset({"owner", "admin", "member", "guest"})
+KNOCK_RECEIVER_ROLES: Final = frozenset({"owner", "admin"})
+Routing = Literal["broadcast", "direct"]
+
+MAX_ID_LENGTH: Final = 128
+MAX_NAME_LENGTH: Final = 200
+MAX_REASON_LENGTH: Final = 1000
+MAX_TARGETS: Final = 1000
+MAX_COORDINATE: Final = 1e9
+
+
+def _text(max_length: int, *, allow_empty: bool = False) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not allow_empty and not value.strip():
+            raise ValueError(f"{attribute.name} must not be empty")
+        if len(value) > max_length:
+            raise ValueError(f"{attribute.name} is longer than {max_length} characters")
+
+    return check
+
+
+def _optional_text(max_length: int) -> Any:
+    return attrs.validators.optional(_text(max_length))
+
+
+def _coordinate(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value) or abs(value) > MAX_COORDINATE:
+        raise ValueError(f"{attribute.name} must be a finite number within ±1e9")
+
+
+def _role(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in ROLES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(ROLES)}")
+
+
+Id = str
+_id = _text(MAX_ID_LENGTH)
+
+
+# ---------------------------------------------------------------- envelopes
+
+
+@attrs.frozen(kw_only=True)
+class ClientEnvelope:
+    """A frame a client sends: ``{"type", "payload"}`` and nothing else."""
+
+    type: str = attrs.field(validator=_text(64))
+    payload: dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class NotifyEnvelope:
+    """The body of ``POST /internal/notify`` before its payload is structured."""
+
+    orgId: Id = attrs.field(validator=_id)
+    routing: Routing
+    type: str = attrs.field(validator=_text(64))
+    payload: dict[str, Any]
+    targets: list[Id] | None = None
+
+
+# ---------------------------------------------------------------- payloads
+
+
+@attrs.frozen(kw_only=True)
+class RoomUpdated:
+    """A room was renamed or changed."""
+
+    roomId: Id = attrs.field(validator=_id)
+    name: str = attrs.field(validator=_text(MAX_NAME_LENGTH))
+
+
+@attrs.frozen(kw_only=True)
+class SpaceDeleted:
+    """A space was deleted."""
+
+    spaceId: Id = attrs.field(validator=_id)
+    name: str = attrs.field(validator=_text(MAX_NAME_LENGTH))
+
+
+@attrs.frozen(kw_only=True)
+class UserUpdated:
+    """A user's role changed; their live sessions take the new role."""
+
+    userId: Id = attrs.field(validator=_id)
+    role: str = attrs.field(validator=_role)
+
+
+@attrs.frozen(kw_only=True)
+class UserBanned:
+    """A user was banned; their connections close with 4003 after delivery."""
+
+    userId: Id = attrs.field(validator=_id)
+    reason: str = attrs.field(validator=_text(MAX_REASON_LENGTH, allow_empty=True))
+
+
+@attrs.frozen(kw_only=True)
+class GuestKnock:
+    """A guest is waiting to be let in."""
+
+    guestId: Id = attrs.field(validator=_id)
+    name: str | None = attrs.field(
+        default=None, validator=_optional_text(MAX_NAME_LENGTH)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PositionUpdate:
+    """An avatar moved."""
+
+    x: float = attrs.field(validator=_coordinate)
+    y: float = attrs.field(validator=_coordinate)
+    roomId: Id | None = attrs.field(
+        default=None, validator=_optional_text(MAX_ID_LENGTH)
+    )
+
+
+# ---------------------------------------------------------------- validated messages
+
+
+@attrs.frozen(kw_only=True)
+class Notification:
+    """A backend notification that passed the contract."""
+
+    org_id: str
+    routing: Routing
+    type: str
+    payload: Any
+    targets: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ClientMessage:
+    """A client frame that passed the contract."""
+
+    type: str
+    payload: Any
+
+
+@attrs.frozen(kw_only=True)
+class ErrorPayload:
+    """The payload of an ``error`` frame sent to one client."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class Connected:
+    """The payload of the first frame a new connection receives."""
+
+    connectionId: str
+    userId: str
+    orgId: str
+    role: str
