@@ -23,6 +23,8 @@ from officerouter.messages import MAX_ID_LENGTH, ROLES
 
 ALLOWED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "EdDSA"})
 MAX_TOKEN_BYTES: Final = 8192
+# Time claims beyond this (year 285 million) are not dates.
+_MAX_TIME: Final = 2**53
 BEARER: Final = "bearer"
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -114,7 +116,10 @@ def _verify_key(key: Any, kid: str | None) -> VerifyKey:
         key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
     ):
         raise ValueError(f"unsupported key type {type(key).__name__}")
-    return VerifyKey(kid or thumbprint(key), algorithm_for(key), key)
+    # Check the key type first: the thumbprint assumes a supported key (a P-384
+    # point does not fit its 32-byte coordinates).
+    algorithm = algorithm_for(key)
+    return VerifyKey(kid or thumbprint(key), algorithm, key)
 
 
 def load_verify_keys(text: str) -> list[VerifyKey]:
@@ -161,7 +166,14 @@ def _claim_time(claims: dict[str, Any], name: str, *, required: bool) -> float |
         if required:
             raise AuthError(f"claim {name} missing")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # PyJWT's JSON reader accepts NaN, Infinity and integers of any size: an
+    # infinite exp never expires, a NaN iat escapes the ban check, and a huge
+    # integer overflows float().  One comparison refuses all three.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not abs(value) <= _MAX_TIME
+    ):
         raise AuthError(f"claim {name} invalid")
     return float(value)
 

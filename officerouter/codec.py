@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, get_origin
 
 import attrs
 import cattrs
 import orjson
+from cattrs import BaseConverter
+from cattrs.cols import list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
@@ -51,6 +53,30 @@ converter.register_structure_hook(str, _exact("a string", str))
 converter.register_structure_hook(int, _exact("an integer", int))
 converter.register_structure_hook(float, _exact("a number", float, int))
 converter.register_structure_hook(bool, _exact("true or false", bool))
+# The envelopes' payload, kept whole until its type's class structures it.
+converter.register_structure_hook_func(
+    lambda t: t == dict[str, Any], _exact("an object", dict)
+)
+
+
+def _is_list(type_: Any) -> bool:
+    origin: Any = get_origin(type_)
+    return origin is list
+
+
+def _array_only(type_: Any, conv: BaseConverter) -> Callable[[Any, Any], Any]:
+    # cattrs builds a list from any iterable: "user-1" would become six targets.
+    inner = list_structure_factory(type_, conv)
+
+    def hook(value: Any, cl: Any) -> Any:
+        if type(value) is not list:
+            raise TypeError("expected an array")
+        return inner(value, cl)
+
+    return hook
+
+
+converter.register_structure_hook_factory(_is_list, _array_only)
 converter.register_unstructure_hook_factory(
     attrs.has,
     lambda cl: make_dict_unstructure_fn(cl, converter, _cattrs_omit_if_default=True),
@@ -85,6 +111,9 @@ class Encoded:
     #: Superseded by the sender's next message of the same type (positions): a
     #: slow connection may skip it when a newer one is queued.
     ephemeral: bool = False
+    #: The org's sequence number of this message (history and recovery); ``None``
+    #: for unsequenced frames (positions, presence, ``connected``, ``error``).
+    seq: int | None = None
     framings: dict[str, bytes] = attrs.Factory(dict)
 
 
@@ -186,6 +215,30 @@ def _errors(exc: Exception, root: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _validator_errors(
+    cls: type[Any], data: Mapping[str, Any], root: str, failed: list[str]
+) -> list[tuple[str, str]]:
+    """Check every present field that structured cleanly against its validator.
+
+    Such a field's raw value is the structured one (the primitive hooks above
+    return it unchanged), so the validator sees what ``__init__`` would.
+    """
+    errors: list[tuple[str, str]] = []
+    for attribute in attrs.fields(cls):
+        path = f"{root}.{attribute.name}"
+        if (
+            attribute.validator is None
+            or attribute.name not in data
+            or any(p == path or p.startswith((path + ".", path + "[")) for p in failed)
+        ):
+            continue
+        try:
+            attribute.validator(None, attribute, data[attribute.name])
+        except Exception as e:  # a plug-in's validator may raise anything
+            errors.append((path, str(e) or e.__class__.__name__))
+    return errors
+
+
 def structure(value: Any, cls: type[Any], root: str = "$") -> Any:
     """Structure plain data into the attrs class ``cls``.
 
@@ -197,16 +250,23 @@ def structure(value: Any, cls: type[Any], root: str = "$") -> Any:
         raise ContractError(codes.ERR_INVALID_MESSAGE, [(root, "expected an object")])
     known = {a.name for a in attrs.fields(cls)}
     errors = [(f"{root}.{key}", "unknown field") for key in value if key not in known]
+    data = {k: v for k, v in value.items() if k in known} if errors else value
     try:
-        result = converter.structure(
-            {k: v for k, v in value.items() if k in known} if errors else value, cls
-        )
+        result = converter.structure(data, cls)
     except (
         ClassValidationError,
         IterableValidationError,
         ForbiddenExtraKeysError,
     ) as e:
-        errors.extend(_errors(e, root))
+        found = _errors(e, root)
+        # attrs runs validators in __init__ and stops at the first, which cattrs
+        # reports against the class ("$.payload"), and not at all when a field had
+        # the wrong type.  Run each validator on its own instead, so that every
+        # offending field is named by its own path.
+        by_field = [pair for pair in found if pair[0] != root]
+        validated = _validator_errors(cls, data, root, [p for p, _ in by_field])
+        errors.extend(by_field)
+        errors.extend(validated or [pair for pair in found if pair[0] == root])
     if errors:
         raise ContractError(codes.ERR_INVALID_MESSAGE, errors)
     return result
@@ -222,12 +282,42 @@ def _payload_class(catalog: Mapping[str, Any], type_: str) -> type[Any]:
     return payload
 
 
+def _payload_errors(
+    raw: Any,
+    catalog: Mapping[str, Any],
+    envelope_errors: Iterable[tuple[str, str]],
+    *,
+    client: bool,
+) -> list[tuple[str, str]]:
+    """The payload's faults, reported with the envelope's when its type can be told.
+
+    Nothing when the envelope already faults ``$.payload`` itself (missing, not an
+    object), or when the sender may not use the type at all.
+    """
+    if any(path == "$.payload" for path, _ in envelope_errors):
+        return []
+    type_ = raw.get("type") if isinstance(raw, Mapping) else None
+    spec = catalog.get(type_) if isinstance(type_, str) else None
+    if spec is None or (client and not spec.client_allowed):
+        return []
+    try:
+        structure(raw.get("payload"), spec.payload, "$.payload")
+    except ContractError as e:
+        return list(e.errors)
+    return []
+
+
 def decode_client(data: bytes, catalog: Mapping[str, Any]) -> ClientMessage:
     """Validate one client frame against the contract.
 
     :raises ContractError: invalid JSON, unknown or client-forbidden type, bad payload.
     """
-    envelope = structure(parse_json(data), ClientEnvelope)
+    raw = parse_json(data)
+    try:
+        envelope = structure(raw, ClientEnvelope)
+    except ContractError as e:
+        found = [*e.errors, *_payload_errors(raw, catalog, e.errors, client=True)]
+        raise ContractError(e.code, found) from None
     payload_class = _payload_class(catalog, envelope.type)
     if not catalog[envelope.type].client_allowed:
         raise ContractError(
@@ -247,15 +337,7 @@ def decode_notify(data: bytes, catalog: Mapping[str, Any]) -> Notification:
     try:
         envelope = structure(raw, NotifyEnvelope)
     except ContractError as e:
-        # Report the payload's faults too when its type can be told.
-        found = list(e.errors)
-        type_ = raw.get("type") if isinstance(raw, Mapping) else None
-        spec = catalog.get(type_) if isinstance(type_, str) else None
-        if spec is not None:
-            try:
-                structure(raw.get("payload"), spec.payload, "$.payload")
-            except ContractError as payload_error:
-                found.extend(payload_error.errors)
+        found = [*e.errors, *_payload_errors(raw, catalog, e.errors, client=False)]
         raise ContractError(e.code, found) from None
     payload_class = _payload_class(catalog, envelope.type)
     spec = catalog[envelope.type]
@@ -301,13 +383,24 @@ def decode_notify(data: bytes, catalog: Mapping[str, Any]) -> Notification:
 
 
 def encode(
-    type_: str, payload: Any, *, sender: str | None = None, ephemeral: bool = False
+    type_: str,
+    payload: Any,
+    *,
+    sender: str | None = None,
+    ephemeral: bool = False,
+    seq: int | None = None,
 ) -> Encoded:
-    """Encode an outgoing frame ``{"type", "from"?, "payload"}`` once."""
+    """Encode an outgoing frame ``{"type", "from"?, "seq"?, "payload"}`` once."""
     frame: dict[str, Any] = {"type": type_}
     if sender is not None:
         frame["from"] = sender
+    if seq is not None:
+        frame["seq"] = seq
     frame["payload"] = converter.unstructure(payload)
     return Encoded(
-        type=type_, data=orjson.dumps(frame), sender=sender, ephemeral=ephemeral
+        type=type_,
+        data=orjson.dumps(frame),
+        sender=sender,
+        ephemeral=ephemeral,
+        seq=seq,
     )

@@ -6,7 +6,6 @@ docs/protocol.md uses the same names.
 from typing import Final
 
 # WebSocket close codes (RFC 6455 section 7.4 and the private 4000-4999 range).
-CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY_VIOLATION: Final = 1008
@@ -27,9 +26,17 @@ ERR_UNAUTHORIZED: Final = "unauthorized"
 ERR_UNSUPPORTED_MEDIA_TYPE: Final = "unsupported_media_type"
 ERR_PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 ERR_BAD_REQUEST: Final = "bad_request"
+ERR_METHOD_NOT_ALLOWED: Final = "method_not_allowed"
+ERR_INTERNAL: Final = "internal_error"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"
 REASON_BINARY: Final = "binary frames are not supported"
 REASON_SHUTDOWN: Final = "server shutting down"
 REASON_INTERNAL: Final = "internal error"
+REASON_FLOODING: Final = "too many messages"
+REASON_SLOW: Final = "client too slow; reconnect"
+REASON_ORIGIN: Final = "origin not allowed"
+REASON_SERVER_FULL: Final = "server at connection capacity"
+REASON_ORG_FULL: Final = "too many connections for this org"
+REASON_USER_FULL: Final = "too many connections for this user"

@@ -17,6 +17,8 @@ from officerouter.auth import VerifyKey, load_verify_keys
 DEFAULT_ENV_FILE = ".dev.vars"
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+# A quoted value, optionally followed by a comment: KEY="a b"  # note
+_QUOTED = re.compile(r"^([\"'])(.*?)\1(?:\s+#.*)?$")
 
 
 class ConfigError(Exception):
@@ -74,8 +76,9 @@ def read_env_file(path: Path) -> dict[str, str]:
                 "--env-file", f"{path} line {number} is not KEY=VALUE; fix or remove it"
             )
         key, value = match.group(1), match.group(2)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
+        quoted = _QUOTED.match(value)
+        if quoted is not None:
+            value = quoted.group(2)
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
         values[key] = value

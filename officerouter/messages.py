@@ -7,7 +7,6 @@ validator here.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final, Literal
 
 import attrs
@@ -40,7 +39,9 @@ def _optional_text(max_length: int) -> Any:
 
 
 def _coordinate(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not math.isfinite(value) or abs(value) > MAX_COORDINATE:
+    # One comparison rejects NaN, infinities and integers too large for a float
+    # (math.isfinite raises OverflowError on those).
+    if not abs(value) <= MAX_COORDINATE:
         raise ValueError(f"{attribute.name} must be a finite number within ±1e9")
 
 
@@ -163,9 +164,54 @@ class ErrorPayload:
 
 @attrs.frozen(kw_only=True)
 class Connected:
-    """The payload of the first frame a new connection receives."""
+    """The payload of the first frame a new connection receives.
+
+    ``epoch`` and ``seq`` are the org's stream position the live stream continues
+    from; ``recovered`` is present only when the client asked with ``?since=``.
+    """
 
     connectionId: str
     userId: str
     orgId: str
+    role: str
+    epoch: str
+    seq: int
+    recovered: bool | None = None
+
+
+# ---------------------------------------------------------------- presence
+
+
+@attrs.frozen(kw_only=True)
+class PresenceUser:
+    """One online user: a ``presence`` snapshot entry, and the ``user_joined`` payload.
+
+    ``connections`` is 0 while the user is within the reconnection grace period.
+    """
+
+    userId: str
+    role: str
+    connections: int
+    position: PositionUpdate | None
+
+
+@attrs.frozen(kw_only=True)
+class Presence:
+    """The payload of ``presence``: everyone else online, sent after ``connected``."""
+
+    users: list[PresenceUser]
+
+
+@attrs.frozen(kw_only=True)
+class UserLeft:
+    """The payload of ``user_left``: a user is no longer online."""
+
+    userId: str
+
+
+@attrs.frozen(kw_only=True)
+class UserRoleChanged:
+    """The payload of ``user_role_changed``: an online user's role changed."""
+
+    userId: str
     role: str

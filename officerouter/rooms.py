@@ -1,10 +1,13 @@
-"""Rooms and the registry: where messages are routed.  Sans-IO.
+"""Rooms and the registry: where messages are routed, numbered and remembered.  Sans-IO.
 
 An :class:`OrgRoom` holds the live sessions of one org and reaches each through the
 :class:`Connection` seam (send an encoded message; close with a code and reason).
 It knows nothing of Autobahn or sockets, so the same room serves WebSocket
-connections today and a backplane later.  The :class:`OrgRegistry` creates a room on
-first use and drops it the moment its last session leaves.
+connections today and a backplane later.  Each room numbers what it delivers in
+its :class:`~officerouter.history.Stream` and keeps who is online in a
+:class:`~officerouter.presence.PresenceTracker`.  The :class:`OrgRegistry` creates a
+room on first use; when its last session leaves, the room keeps its history until
+that expires and is then dropped (one timer per idle room, no sweep).
 """
 
 from __future__ import annotations
@@ -15,11 +18,23 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from officerouter import codes
 from officerouter.auth import Identity
 from officerouter.catalog import MessageSpec
 from officerouter.codec import ContractError, Encoded, encode
 from officerouter.effects import Action, CloseUser, SetRole
+from officerouter.history import (
+    DEFAULT_BOUNDS,
+    HistoryBounds,
+    HistoryStore,
+    MemoryStore,
+    Stream,
+    StreamPosition,
+    new_epoch,
+)
 from officerouter.messages import (
     ADMITTED_ROLES,
     KNOCK_RECEIVER_ROLES,
@@ -28,7 +43,13 @@ from officerouter.messages import (
     ErrorPayload,
     GuestKnock,
     Notification,
+    PositionUpdate,
+    Presence,
+    PresenceUser,
+    UserLeft,
+    UserRoleChanged,
 )
+from officerouter.presence import PresenceTracker
 
 
 class Connection(TypingProtocol):
@@ -65,6 +86,20 @@ class Session:
         """Whether this session takes part in the org's traffic."""
         return self.role in ADMITTED_ROLES
 
+    def check_may_send(self) -> None:
+        """Refuse anything from a session that may not send.
+
+        Checked before a frame is even decoded: whatever a pending guest sends,
+        well-formed or not, is answered ``not_permitted``.
+
+        :raises ContractError: ``not_permitted``.
+        """
+        if not self.admitted:
+            raise ContractError(
+                codes.ERR_NOT_PERMITTED,
+                [("$.type", f"a {self.role} may not send messages")],
+            )
+
 
 def error_frame(error: ContractError) -> Encoded:
     """Encode the ``error`` frame that answers a client's bad input."""
@@ -72,12 +107,15 @@ def error_frame(error: ContractError) -> Encoded:
 
 
 class OrgRoom:
-    """The live sessions of one org, and the routing of its messages.
+    """The live sessions of one org, the routing of its messages, and who is online.
 
     :param org_id: the org.
     :param catalog: message type -> spec (effects, routings).
     :param bans: the registry's ban record for this org (user id -> ban time).
-    :param now: the current time, injected.
+    :param clock: the current time and the presence grace timers.
+    :param stream: numbers and keeps what the room delivers.
+    :param presence_grace: seconds a user stays online after their last
+        connection left.
     :param auto_knock: send ``guest_knock`` to owners and admins when a pending
         guest connects.
     """
@@ -88,19 +126,23 @@ class OrgRoom:
         catalog: Mapping[str, MessageSpec],
         *,
         bans: dict[str, float],
-        now: Callable[[], float],
+        clock: IReactorTime,
+        stream: Stream,
+        presence_grace: float = 5.0,
         auto_knock: bool = False,
     ) -> None:
         self.org_id = org_id
         self._catalog = catalog
         self._bans = bans
-        self._now = now
+        self._clock = clock
+        self.stream = stream
         self._auto_knock = auto_knock
         self._sessions: dict[str, Session] = {}
         self._by_user: dict[str, dict[str, Session]] = {}
         # Kept up to date on join, leave and role change rather than filtered per
         # message: a broadcast walks exactly its recipients.
         self._audience: dict[str, Session] = {}
+        self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
 
     # ------------------------------------------------------------ RoomView
 
@@ -129,54 +171,133 @@ class OrgRoom:
         return list(self._sessions.values())
 
     def join(
-        self, identity: Identity, connection: Connection, connection_id: str
+        self,
+        identity: Identity,
+        connection: Connection,
+        connection_id: str,
+        *,
+        since: str | None = None,
     ) -> Session:
-        """Add a verified connection; it receives ``connected`` first."""
-        user_sessions = self._by_user.get(identity.user_id)
-        # A second tab follows the role the room already holds for the user: a
-        # user_updated may have changed it since the token was issued.
-        role = self.role_of(identity.user_id) or identity.role
+        """Add a verified connection.
+
+        It receives ``connected``; then, when admitted, the ``presence`` snapshot;
+        then what it missed since ``since`` and may see now; then the live stream.
+        All of it happens in this call, so nothing can slip in between.
+
+        :param since: the ``<epoch>.<seq>`` the client last saw, if it asked.
+        """
+        user_id = identity.user_id
+        user_sessions = self._by_user.get(user_id)
+        present = self._presence.get(user_id)
+        # A second tab, or a reconnection within the grace period, follows the
+        # role the room holds: a user_updated may have changed it since the token
+        # was issued.
+        role = (
+            self.role_of(user_id)
+            or (present.role if present is not None else None)
+            or identity.role
+        )
         session = Session(
             connection_id=connection_id,
-            user_id=identity.user_id,
+            user_id=user_id,
             role=role,
             connection=connection,
             org_id=self.org_id,
         )
+        missed = self._missed(since, session) if since is not None else None
         connection.send(
             encode(
                 "connected",
                 Connected(
                     connectionId=connection_id,
-                    userId=session.user_id,
+                    userId=user_id,
                     orgId=self.org_id,
                     role=role,
+                    epoch=self.stream.epoch,
+                    seq=self.stream.seq,
+                    recovered=None if since is None else missed is not None,
                 ),
             )
         )
         self._sessions[connection_id] = session
-        self._by_user.setdefault(session.user_id, {})[connection_id] = session
+        self._by_user.setdefault(user_id, {})[connection_id] = session
+        arrived = False
+        if session.admitted:
+            arrived = self._presence.arrive(user_id, role)
+            connection.send(self._snapshot(exclude=user_id))
+        for message in missed or ():
+            connection.send(message)
         if session.admitted:
             self._audience[connection_id] = session
+            if arrived:
+                self._announce(user_id, encode("user_joined", self._describe(user_id)))
         elif self._auto_knock and not user_sessions:
             self._knock(session)
         return session
 
-    def leave(self, session: Session) -> None:
-        """Remove a session; idempotent."""
+    def _missed(self, since: str, session: Session) -> list[Encoded] | None:
+        try:
+            position = StreamPosition.parse(since)
+        except ValueError:
+            return None
+        return self.stream.replay(position, session.user_id, session.admitted)
+
+    def leave(self, session: Session) -> bool:
+        """Remove a session; idempotent.
+
+        :returns: whether it was here.
+        """
         if self._sessions.pop(session.connection_id, None) is None:
-            return
+            return False
         self._audience.pop(session.connection_id, None)
         user_sessions = self._by_user[session.user_id]
         del user_sessions[session.connection_id]
         if not user_sessions:
             del self._by_user[session.user_id]
+            if self._presence.depart(session.user_id):
+                self._announce_left(session.user_id)
+        return True
 
     def _knock(self, guest: Session) -> None:
-        message = encode("guest_knock", GuestKnock(guestId=guest.user_id))
-        for session in self._sessions.values():
-            if session.role in KNOCK_RECEIVER_ROLES:
+        receivers = tuple(
+            user.user_id for user in self._presence if user.role in KNOCK_RECEIVER_ROLES
+        )
+        if not receivers:
+            return
+        message = self.stream.record(
+            "guest_knock", GuestKnock(guestId=guest.user_id), targets=receivers
+        )
+        for user_id in receivers:
+            for session in self._by_user.get(user_id, {}).values():
                 session.connection.send(message)
+
+    # ------------------------------------------------------------ presence
+
+    def presence(self) -> list[PresenceUser]:
+        """Everyone online: admitted users, connected or within their grace period."""
+        return [self._describe(user.user_id) for user in self._presence]
+
+    def _describe(self, user_id: str) -> PresenceUser:
+        user = self._presence.get(user_id)
+        assert user is not None
+        return user.describe(self.connection_count_of(user_id))
+
+    def _snapshot(self, exclude: str) -> Encoded:
+        users = [
+            user.describe(self.connection_count_of(user.user_id))
+            for user in self._presence
+            if user.user_id != exclude
+        ]
+        return encode("presence", Presence(users=users))
+
+    def _announce(self, user_id: str, message: Encoded) -> None:
+        """Send a presence event about a user to every other admitted connection."""
+        for session in self._audience.values():
+            if session.user_id != user_id:
+                session.connection.send(message)
+
+    def _announce_left(self, user_id: str) -> None:
+        self._announce(user_id, encode("user_left", UserLeft(userId=user_id)))
 
     # ------------------------------------------------------------ routing
 
@@ -186,17 +307,17 @@ class OrgRoom:
         :returns: how many connections it was written to.
         :raises ContractError: ``not_permitted`` when the sender may not send.
         """
-        if not session.admitted:
-            raise ContractError(
-                codes.ERR_NOT_PERMITTED,
-                [("$.type", f"a {session.role} may not send messages")],
+        session.check_may_send()
+        if isinstance(message.payload, PositionUpdate):
+            self._presence.move(session.user_id, message.payload)
+        if self._catalog[message.type].ephemeral:
+            encoded = encode(
+                message.type, message.payload, sender=session.user_id, ephemeral=True
             )
-        encoded = encode(
-            message.type,
-            message.payload,
-            sender=session.user_id,
-            ephemeral=self._catalog[message.type].ephemeral,
-        )
+        else:
+            encoded = self.stream.record(
+                message.type, message.payload, sender=session.user_id
+            )
         delivered = 0
         for target in self._audience.values():
             if target is not session:
@@ -205,7 +326,10 @@ class OrgRoom:
         return delivered
 
     def notify(self, notification: Notification) -> int:
-        """Run the type's effect, then route a backend notification.
+        """Run the type's effect, then number, keep and route a backend notification.
+
+        Presence events the effect causes (a role change, an admission) follow
+        the notification itself.
 
         :returns: how many connections it was written to.
         """
@@ -213,13 +337,22 @@ class OrgRoom:
         actions: Sequence[Action] = (
             spec.effect(self, notification) if spec.effect is not None else ()
         )
+        after: list[Callable[[], None]] = []
         for action in actions:
             if isinstance(action, SetRole):
-                self._set_role(action.user_id, action.role)
-        encoded = encode(notification.type, notification.payload)
+                after.extend(self._set_role(action.user_id, action.role))
         targets = self._targets(notification)
+        encoded = self.stream.record(
+            notification.type,
+            notification.payload,
+            targets=None
+            if notification.routing == "broadcast"
+            else tuple(notification.targets),
+        )
         for session in targets:
             session.connection.send(encoded)
+        for then in after:
+            then()
         for action in actions:
             if isinstance(action, CloseUser):
                 self._close_user(action)
@@ -233,17 +366,50 @@ class OrgRoom:
             targets.extend(self._by_user.get(user_id, {}).values())
         return targets
 
-    def _set_role(self, user_id: str, role: str) -> None:
-        for session in self._by_user.get(user_id, {}).values():
+    def _set_role(self, user_id: str, role: str) -> list[Callable[[], None]]:
+        """Apply a role now; return the presence events to send after delivery."""
+        sessions = self._by_user.get(user_id, {})
+        for session in sessions.values():
             session.role = role
             if session.admitted:
                 self._audience[session.connection_id] = session
             else:
                 self._audience.pop(session.connection_id, None)
+        admitted = role in ADMITTED_ROLES
+        present = self._presence.get(user_id)
+        if present is not None:
+            if not admitted:
+                self._presence.remove(user_id)
+                return [lambda: self._announce_left(user_id)]
+            if present.role != role:
+                present.role = role
+                changed = UserRoleChanged(userId=user_id, role=role)
+                return [
+                    lambda: self._announce(
+                        user_id, encode("user_role_changed", changed)
+                    )
+                ]
+            return []
+        if admitted and sessions:
+            self._presence.arrive(user_id, role)
+            return [lambda: self._admitted(user_id)]
+        return []
+
+    def _admitted(self, user_id: str) -> None:
+        """A pending guest was let in: they see the floor, the floor sees them."""
+        if self._presence.get(user_id) is None:
+            return
+        snapshot = self._snapshot(exclude=user_id)
+        for session in self._by_user.get(user_id, {}).values():
+            session.connection.send(snapshot)
+        self._announce(user_id, encode("user_joined", self._describe(user_id)))
 
     def _close_user(self, action: CloseUser) -> None:
         if action.ban:
-            self._bans[action.user_id] = self._now()
+            self._bans[action.user_id] = self._clock.seconds()
+            # A banned user will not be back: no grace period.
+            if self._presence.remove(action.user_id):
+                self._announce_left(action.user_id)
         for session in list(self._by_user.get(action.user_id, {}).values()):
             session.connection.close(action.code, action.reason)
 
@@ -252,43 +418,74 @@ class OrgRoom:
         for session in list(self._sessions.values()):
             session.connection.close(code, reason)
 
+    def dispose(self) -> None:
+        """Cancel the room's timers (it is being dropped, or the daemon stops)."""
+        self._presence.dispose()
+
 
 class OrgRegistry:
-    """One :class:`OrgRoom` per org, created on first use, dropped when empty.
+    """One :class:`OrgRoom` per org, created on first use.
+
+    A room whose last session left keeps its history (and epoch) for
+    ``history.seconds`` after its last activity, then is dropped: one timer per
+    such room, no sweep of all rooms.
 
     :param catalog: message type -> spec.
-    :param now: the current time, injected (``reactor.seconds``).
+    :param clock: the reactor's time and timers (a ``Clock`` in tests).
     :param auto_knock: see :class:`OrgRoom`.
     :param ban_memory: how long, in seconds, a ban refuses tokens issued before it.
+    :param presence_grace: see :class:`OrgRoom`.
+    :param history: how much history each room keeps.
+    :param store: where history outlives the process (default: nowhere).
     :param new_id: makes connection ids (tests pass a counter).
+    :param new_epoch: makes epochs.
     """
 
     def __init__(
         self,
         catalog: Mapping[str, MessageSpec],
         *,
-        now: Callable[[], float],
+        clock: IReactorTime,
         auto_knock: bool = False,
         ban_memory: float = 3600.0,
+        presence_grace: float = 5.0,
+        history: HistoryBounds = DEFAULT_BOUNDS,
+        store: HistoryStore | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_epoch: Callable[[], str] = new_epoch,
     ) -> None:
         self.catalog = catalog
-        self._now = now
+        self._clock = clock
         self._auto_knock = auto_knock
         self._ban_memory = ban_memory
+        self._presence_grace = presence_grace
+        self._history = history
+        self._store: HistoryStore = store if store is not None else MemoryStore()
         self._new_id = new_id
+        self._new_epoch = new_epoch
         self._rooms: dict[str, OrgRoom] = {}
+        # Exactly the rooms without a session, each with its expiry timer.
+        self._expiry: dict[str, IDelayedCall | None] = {}
+        self._connections = 0
         self._bans: dict[str, dict[str, float]] = {}
+        self._stopped = False
+
+    # ------------------------------------------------------------ counts
 
     @property
     def room_count(self) -> int:
-        """How many rooms exist."""
-        return len(self._rooms)
+        """How many rooms have live connections."""
+        return len(self._rooms) - len(self._expiry)
+
+    @property
+    def history_room_count(self) -> int:
+        """How many rooms have no connection and are kept for their history."""
+        return len(self._expiry)
 
     @property
     def connection_count(self) -> int:
         """How many sessions exist across all rooms."""
-        return sum(len(room) for room in self._rooms.values())
+        return self._connections
 
     def org_connection_count(self, org_id: str) -> int:
         """How many live connections an org has."""
@@ -301,12 +498,54 @@ class OrgRegistry:
         return room.connection_count_of(user_id) if room is not None else 0
 
     def room(self, org_id: str) -> OrgRoom | None:
-        """The org's room if it exists (never creates one)."""
+        """The org's room if it exists, live or kept for history (never creates one)."""
         return self._rooms.get(org_id)
+
+    def presence(self, org_id: str) -> list[PresenceUser]:
+        """The org's online users (none for an org without a room)."""
+        room = self._rooms.get(org_id)
+        return room.presence() if room is not None else []
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the history store and bring back the streams it kept.
+
+        Each comes back as a room without connections, so that notifications
+        arriving before its clients reconnect are numbered and kept.
+        """
+        for stored in self._store.open(self._history, self._clock.seconds()):
+            stream = Stream.restored(
+                stored, self._history, self._store, self._clock.seconds
+            )
+            room = self._add_room(stored.org_id, stream)
+            self._expiry[room.org_id] = None
+            self._schedule_expiry(room)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Cancel every timer and close the store (after the connections are gone).
+
+        From now on nothing is numbered: connections are refused and
+        notifications delivered to nobody, so that what the store wrote last is
+        where every stream ended.
+        """
+        self._stopped = True
+        now = self._clock.seconds()
+        for org_id, room in self._rooms.items():
+            if org_id not in self._expiry:
+                room.stream.touch(now)
+            room.dispose()
+        for call in self._expiry.values():
+            if call is not None and call.active():
+                call.cancel()
+        self._expiry = dict.fromkeys(self._expiry)
+        return self._store.close()
+
+    # ------------------------------------------------------------ admission
 
     def _org_bans(self, org_id: str) -> dict[str, float]:
         bans = self._bans.setdefault(org_id, {})
-        cutoff = self._now() - self._ban_memory
+        cutoff = self._clock.seconds() - self._ban_memory
         for user_id in [u for u, at in bans.items() if at < cutoff]:
             del bans[user_id]
         return bans
@@ -330,33 +569,99 @@ class OrgRegistry:
     ) -> Session:
         """Admit a verified connection to its org's room (created if needed).
 
-        :param since: the ``<epoch>.<seq>`` a reconnecting client last saw
-            (history and recovery; not used yet).
+        :param since: the ``<epoch>.<seq>`` a reconnecting client last saw.
         :raises RefusedError: when the identity may not connect.
         """
+        if self._stopped:
+            raise RefusedError(503, codes.REASON_SHUTDOWN)
         self.check_admission(identity)
-        room = self._rooms.get(identity.org_id)
+        org_id = identity.org_id
+        room = self._rooms.get(org_id)
         if room is None:
-            room = OrgRoom(
-                identity.org_id,
-                self.catalog,
-                bans=self._org_bans(identity.org_id),
-                now=self._now,
-                auto_knock=self._auto_knock,
-            )
-            self._rooms[identity.org_id] = room
-        return room.join(identity, connection, self._new_id())
+            room = self._create_room(org_id)
+        else:
+            self._wake(org_id)
+        try:
+            session = room.join(identity, connection, self._new_id(), since=since)
+        except BaseException:
+            if not len(room):
+                self._idle(room)
+            raise
+        self._connections += 1
+        return session
 
     def disconnect(self, session: Session) -> None:
-        """Remove a session; drops its room when it was the last.  Idempotent."""
+        """Remove a session; a room left without any is kept for its history.
+
+        Idempotent.
+        """
         room = self._rooms.get(session.org_id)
-        if room is None:
+        if room is None or not room.leave(session):
             return
-        room.leave(session)
+        self._connections -= 1
         if not len(room):
-            del self._rooms[session.org_id]
-            if not self._bans.get(session.org_id):
-                self._bans.pop(session.org_id, None)
+            self._idle(room)
+
+    # ------------------------------------------------------------ rooms
+
+    def _create_room(self, org_id: str) -> OrgRoom:
+        now = self._clock.seconds()
+        epoch = self._new_epoch()
+        self._store.begin(org_id, epoch, now)
+        stream = Stream(org_id, epoch, self._history, self._store, self._clock.seconds)
+        return self._add_room(org_id, stream)
+
+    def _add_room(self, org_id: str, stream: Stream) -> OrgRoom:
+        room = OrgRoom(
+            org_id,
+            self.catalog,
+            bans=self._org_bans(org_id),
+            clock=self._clock,
+            stream=stream,
+            presence_grace=self._presence_grace,
+            auto_knock=self._auto_knock,
+        )
+        self._rooms[org_id] = room
+        return room
+
+    def _wake(self, org_id: str) -> None:
+        if org_id in self._expiry:
+            call = self._expiry.pop(org_id)
+            if call is not None and call.active():
+                call.cancel()
+
+    def _idle(self, room: OrgRoom) -> None:
+        room.stream.touch(self._clock.seconds())
+        self._expiry[room.org_id] = None
+        self._schedule_expiry(room)
+
+    def _schedule_expiry(self, room: OrgRoom) -> None:
+        delay = room.stream.retained_until() - self._clock.seconds()
+        if delay <= 0:
+            self._drop(room)
+        else:
+            self._expiry[room.org_id] = self._clock.callLater(
+                delay, self._expire, room.org_id
+            )
+
+    def _expire(self, org_id: str) -> None:
+        room = self._rooms.get(org_id)
+        if room is None or org_id not in self._expiry:
+            return
+        # Messages may have arrived since the timer was set: check again, and
+        # either drop the room or wait for its newest activity to expire.
+        self._schedule_expiry(room)
+
+    def _drop(self, room: OrgRoom) -> None:
+        org_id = room.org_id
+        del self._rooms[org_id]
+        self._wake(org_id)
+        room.dispose()
+        self._store.forget(org_id)
+        if not self._bans.get(org_id):
+            self._bans.pop(org_id, None)
+
+    # ------------------------------------------------------------ routing
 
     def receive(self, session: Session, message: ClientMessage) -> int:
         """Hand a validated client message to its session's room."""
@@ -366,8 +671,12 @@ class OrgRegistry:
     def notify(self, notification: Notification) -> int:
         """Deliver a backend notification; an org with no room delivers to nobody.
 
-        A ban still takes effect for an org with no live connection.
+        A room kept for its history numbers and keeps the notification for the
+        clients that will reconnect.  An org with no room gets none, though a ban
+        still takes effect.
         """
+        if self._stopped:
+            return 0
         room = self._rooms.get(notification.org_id)
         if room is None:
             spec = self.catalog[notification.type]
@@ -383,7 +692,7 @@ class OrgRegistry:
         if bans:
             org_bans = self._org_bans(notification.org_id)
             for action in bans:
-                org_bans[action.user_id] = self._now()
+                org_bans[action.user_id] = self._clock.seconds()
 
     def close_all(self, code: int, reason: str) -> None:
         """Close every connection of every room (shutdown)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+import txaio
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
@@ -14,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from officerouter import codes, logs
+from officerouter import codes
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.catalog import build_catalog
 from officerouter.config import (
@@ -24,6 +26,9 @@ from officerouter.config import (
     has_verify_keys,
     load_settings,
 )
+from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
+from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
+from officerouter.limits import Limits, OriginPolicy
 from officerouter.rooms import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
@@ -40,6 +45,19 @@ def _positive_int(name: str, low: int = 1) -> Any:
         except ValueError:
             raise usage.UsageError(f"--{name} must be a whole number") from None
         if number < low:
+            raise usage.UsageError(f"--{name} must be at least {low}")
+        return number
+
+    return coerce
+
+
+def _number(name: str, low: float) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number") from None
+        if not low <= number <= 1e9:
             raise usage.UsageError(f"--{name} must be at least {low}")
         return number
 
@@ -73,6 +91,11 @@ class Options(usage.Options):
             "dev",
             None,
             "Development: generate .dev.vars with fresh keys if none are set.",
+        ],
+        [
+            "permessage-deflate",
+            None,
+            "Accept permessage-deflate (costs CPU per connection on every broadcast).",
         ],
         [
             "auto-knock",
@@ -135,48 +158,243 @@ class Options(usage.Options):
             "Seconds a ban refuses tokens issued before it.",
             _seconds("ban-memory"),
         ],
+        [
+            "rate",
+            None,
+            20.0,
+            "Client messages per second per connection, sustained.",
+            _number("rate", 0.1),
+        ],
+        [
+            "burst",
+            None,
+            40,
+            "Client messages a connection may send at once.",
+            _positive_int("burst"),
+        ],
+        [
+            "flood-seconds",
+            None,
+            5.0,
+            "Seconds of continuous flooding before closing 1008.",
+            _number("flood-seconds", 1),
+        ],
+        [
+            "max-connections-per-user",
+            None,
+            10,
+            "Connections per user per org (429 above).",
+            _positive_int("max-connections-per-user"),
+        ],
+        [
+            "max-connections-per-org",
+            None,
+            10000,
+            "Connections per org (429 above).",
+            _positive_int("max-connections-per-org"),
+        ],
+        [
+            "max-connections",
+            None,
+            50000,
+            "Connections per process (503 above).",
+            _positive_int("max-connections"),
+        ],
+        [
+            "soft-buffer-bytes",
+            None,
+            262144,
+            "Queued bytes for a slow client above which old positions are dropped.",
+            _positive_int("soft-buffer-bytes", 1024),
+        ],
+        [
+            "hard-buffer-bytes",
+            None,
+            1048576,
+            "Queued bytes for a slow client above which it is closed with 1013.",
+            _positive_int("hard-buffer-bytes", 4096),
+        ],
+        [
+            "socket-send-buffer",
+            None,
+            0,
+            "SO_SNDBUF for WebSocket sockets, bytes (0: kernel autotuning).",
+            _positive_int("socket-send-buffer", 0),
+        ],
+        [
+            "allowed-origins",
+            None,
+            "",
+            "Comma-separated browser origins allowed to connect (empty: any).",
+            None,
+        ],
+        [
+            "http-timeout",
+            None,
+            30.0,
+            "Seconds an HTTP connection may idle or dribble.",
+            _number("http-timeout", 1),
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a WebSocket opening handshake may take.",
+            _number("handshake-timeout", 1),
+        ],
+        [
+            "presence-grace",
+            None,
+            5.0,
+            "Seconds a user stays online after their last connection left.",
+            _seconds("presence-grace"),
+        ],
+        [
+            "history",
+            None,
+            "memory",
+            "Where history is kept: memory, or sqlite:PATH (survives restarts).",
+        ],
+        [
+            "history-size",
+            None,
+            1000,
+            "Messages kept per org for recovery (0: none).",
+            _positive_int("history-size", 0),
+        ],
+        [
+            "history-seconds",
+            None,
+            300.0,
+            "Seconds messages, and idle orgs' streams, are kept for recovery.",
+            _seconds("history-seconds"),
+        ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
     ]
 
     def postOptions(self) -> None:
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be text or json")
+        if self["soft-buffer-bytes"] >= self["hard-buffer-bytes"]:
+            raise usage.UsageError(
+                "--soft-buffer-bytes must be below --hard-buffer-bytes"
+            )
+        history = self["history"]
+        if history != "memory" and not (
+            history.startswith("sqlite:") and history[len("sqlite:") :]
+        ):
+            raise usage.UsageError("--history must be memory or sqlite:PATH")
         if self["log-format"] == "json" and self.parent is not None:
             # twistd reads its "logger" option after ours are parsed.
-            self.parent["logger"] = logs.json_observer
+            self.parent["logger"] = "officerouter.logs.json_observer"
 
 
 class RouterService(service.Service):
-    """Closes every WebSocket with 1001 on stop, and waits for them (bounded)."""
+    """On stop: close every WebSocket with 1001, then wait (bounded) until they are gone."""
 
     def __init__(
-        self, registry: OrgRegistry, reactor: IReactorTime, timeout: float
+        self,
+        registry: OrgRegistry,
+        factory: OfficeServerFactory,
+        reactor: IReactorTime,
+        timeout: float,
     ) -> None:
         self._registry = registry
+        self._factory = factory
         self._reactor = reactor
         self._timeout = timeout
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        registry = self._registry
-        if not registry.connection_count:
-            return defer.succeed(None)
         log.info(
-            "closing {count} connections",
-            count=registry.connection_count,
+            "stopping: closing {count} connections",
+            count=len(self._factory.live),
         )
-        registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
-        done: defer.Deferred[None] = defer.Deferred()
-        deadline = self._reactor.seconds() + self._timeout
+        self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
+        idle = self._factory.when_idle()
+        idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
+        return idle
 
-        def check() -> None:
-            if not registry.connection_count or self._reactor.seconds() >= deadline:
-                done.callback(None)
-            else:
-                self._reactor.callLater(0.05, check)
 
-        check()
-        return done
+class HistoryService(service.Service):
+    """Opens the history store before the daemon listens; closes it last on stop."""
+
+    def __init__(
+        self,
+        registry: OrgRegistry,
+        factory: OfficeServerFactory,
+        reactor: IReactorTime,
+        timeout: float,
+    ) -> None:
+        self._registry = registry
+        self._factory = factory
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self._registry.start()
+        except StoreError as e:
+            raise SystemExit(f"officerouter: --history: {e}") from None
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        # MultiService stops its children without waiting for one another: wait
+        # for the router's connections to go, then write the history's last state.
+        idle = self._factory.when_idle()
+        idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
+        idle.addCallback(lambda _: self._registry.stop())
+        return idle
+
+
+def history_store(option: str, reactor: Any) -> HistoryStore:
+    """The store ``--history`` names: ``memory`` or ``sqlite:PATH``."""
+    if option == "memory":
+        return MemoryStore()
+    path = Path(option[len("sqlite:") :]).expanduser()
+    if not path.parent.is_dir():
+        raise SystemExit(
+            f"officerouter: --history: directory {path.parent} does not exist; "
+            "create it or choose another path"
+        )
+    return SQLiteStore(path.absolute(), clock=reactor, runner=PoolRunner(reactor))
+
+
+def exit_cleanly_on_signals(reactor: Any) -> None:
+    """Stop gracefully on SIGTERM and SIGINT, and exit with status 0.
+
+    twistd's own handlers re-raise the signal after shutdown, so the process
+    would end "killed by SIGTERM"; a graceful stop is a success for us.
+    Installed once the reactor runs, over twistd's handlers.
+    """
+
+    def handler(number: int, frame: object) -> None:
+        log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
+        reactor.callFromThread(reactor.stop)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    reactor.callWhenRunning(install)
+
+
+def limits_from(options: usage.Options) -> Limits:
+    """The :class:`Limits` the options ask for."""
+    return Limits(
+        max_message_bytes=options["max-message-bytes"],
+        max_body_bytes=options["max-body-bytes"],
+        rate=options["rate"],
+        burst=options["burst"],
+        flood_seconds=options["flood-seconds"],
+        max_connections_per_user=options["max-connections-per-user"],
+        max_connections_per_org=options["max-connections-per-org"],
+        max_connections=options["max-connections"],
+        soft_buffer_bytes=options["soft-buffer-bytes"],
+        hard_buffer_bytes=options["hard-buffer-bytes"],
+        socket_send_buffer=options["socket-send-buffer"],
+    )
 
 
 def resolve_env_file(option: str | None, cwd: Path) -> Path | None:
@@ -205,17 +423,19 @@ def write_dev_vars(path: Path) -> None:
 
 
 def _dev_banner(env_file: Path, port: str) -> str:
-    http_port = port.split(":")[1] if port.startswith("tcp:") else "8787"
+    parts = port.split(":")
+    http_port = parts[1] if parts[0] == "tcp" and len(parts) > 1 else "<port>"
+    tool = Path(sys.executable).parent / "officerouter"
     return f"""\
-officerouter: development mode, keys and service token in {env_file}
-  get a token:   officerouter token user-1 org-123 member --env-file {env_file}
-  connect:       wscat -c ws://localhost:{http_port}/websocket -s "$TOKEN"
-  notify:        . ./{env_file.name}   # or copy the values
-                 curl -X POST "http://localhost:{http_port}/internal/notify" \\
-                   -H "Content-Type: application/json" \\
-                   -H "CF-Access-Client-Id: $CF_ACCESS_CLIENT_ID" \\
-                   -H "CF-Access-Client-Secret: $CF_ACCESS_CLIENT_SECRET" \\
-                   -d '{{"orgId":"org-123","routing":"broadcast","type":"room_updated","payload":{{"roomId":"room-1","name":"Main Hall"}}}}'
+officerouter: development mode; keys and service token are in {env_file}
+  get a token:  TOKEN=$({tool} token user-1 org-123 member --env-file {env_file})
+  connect:      wscat -c ws://localhost:{http_port}/websocket -s "$TOKEN"
+  notify:       set -a; . {env_file}; set +a
+                curl -X POST "http://localhost:{http_port}/internal/notify" \\
+                  -H "Content-Type: application/json" \\
+                  -H "CF-Access-Client-Id: $CF_ACCESS_CLIENT_ID" \\
+                  -H "CF-Access-Client-Secret: $CF_ACCESS_CLIENT_SECRET" \\
+                  -d '{{"orgId":"org-123","routing":"broadcast","type":"room_updated","payload":{{"roomId":"room-1","name":"Main Hall"}}}}'
 """
 
 
@@ -227,7 +447,9 @@ def prepare_settings(
     :raises ConfigError: for missing or malformed configuration.
     """
     env_file = resolve_env_file(options["env-file"], cwd)
-    if options["dev"] and not has_verify_keys(environ, env_file):
+    # --dev may name an env file that does not exist yet: it is generated there.
+    existing = env_file if env_file is not None and env_file.exists() else None
+    if options["dev"] and not has_verify_keys(environ, existing):
         target = env_file or cwd / DEFAULT_ENV_FILE
         write_dev_vars(target)
         env_file = target
@@ -239,6 +461,11 @@ def makeService(options: usage.Options) -> service.IService:
     """Assemble the daemon: settings, registry, WebSocket factory, site, listener."""
     from twisted.internet import reactor
 
+    # Autobahn logs through txaio.  Our adapter logs every refusal and close
+    # that matters with its reason and peer, once; Autobahn's info and warn lines
+    # repeat them (a refused handshake would take three lines), and its debug
+    # lines quote whole handshakes, tokens included.  Keep its errors only.
+    txaio.set_global_log_level("error")  # type: ignore[attr-defined]
     try:
         settings = prepare_settings(options, dict(os.environ), Path.cwd())
         catalog = build_catalog()
@@ -248,9 +475,18 @@ def makeService(options: usage.Options) -> service.IService:
     clock: IReactorTime = reactor
     registry = OrgRegistry(
         catalog,
-        now=clock.seconds,
+        clock=clock,
         auto_knock=bool(options["auto-knock"]),
         ban_memory=options["ban-memory"],
+        presence_grace=options["presence-grace"],
+        history=HistoryBounds(
+            size=options["history-size"],
+            seconds=options["history-seconds"],
+            # A replay that could not fit a slow client's buffer is refused
+            # (recovered: false) rather than cut off with 1013.
+            replay_bytes=options["hard-buffer-bytes"] // 2,
+        ),
+        store=history_store(options["history"], reactor),
     )
     verifier = TokenVerifier(
         settings.verify_keys,
@@ -259,27 +495,43 @@ def makeService(options: usage.Options) -> service.IService:
         issuer=settings.issuer,
         leeway=settings.leeway_seconds,
     )
+    limits = limits_from(options)
     factory = OfficeServerFactory(
         registry=registry,
         verifier=verifier,
         clock=clock,
-        max_message_bytes=options["max-message-bytes"],
+        limits=limits,
+        origins=OriginPolicy(options["allowed-origins"].split(",")),
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
+        open_handshake_timeout=options["handshake-timeout"],
+        permessage_deflate=bool(options["permessage-deflate"]),
     )
     site = make_site(
-        registry, settings, factory, max_body_bytes=options["max-body-bytes"]
+        registry,
+        settings,
+        factory,
+        max_body_bytes=limits.max_body_bytes,
+        http_timeout=options["http-timeout"],
     )
     try:
         endpoint = endpoints.serverFromString(reactor, options["port"])
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # any parser's error: a bad --port is a config error
         raise SystemExit(
-            f"officerouter: --port: {options['port']!r} is not a valid endpoint ({e})"
+            f"officerouter: --port: {options['port']!r} is not a usable endpoint "
+            f"({e.__class__.__name__}: {e})"
         ) from None
+    exit_cleanly_on_signals(reactor)
     top = service.MultiService()
+    # Started first (the store is open before anyone connects), stopped last.
+    HistoryService(
+        registry, factory, clock, options["shutdown-timeout"]
+    ).setServiceParent(top)
     # MultiService stops children in reverse order: the listener stops first,
     # then the router closes the connections.
-    RouterService(registry, clock, options["shutdown-timeout"]).setServiceParent(top)
+    RouterService(
+        registry, factory, clock, options["shutdown-timeout"]
+    ).setServiceParent(top)
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()

@@ -9,17 +9,17 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from officerouter import codes
 from officerouter.auth import service_token_matches
-from officerouter.codec import ContractError, decode_notify, dumps
+from officerouter.codec import ContractError, converter, decode_notify, dumps
 from officerouter.config import Settings
+from officerouter.messages import MAX_ID_LENGTH
 from officerouter.rooms import OrgRegistry
-from officerouter.websocket import OfficeServerFactory
+from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 
 log = Logger()
 
@@ -27,32 +27,63 @@ JSON_TYPES = frozenset({b"application/json"})
 
 
 class BoundedRequest(server.Request):
-    """A request that stops buffering its body past ``max_body_bytes``.
+    """A request whose body may not exceed ``max_body_bytes``.
 
-    The excess is discarded as it arrives, so a large body costs no memory; the
-    resource then answers 413.
+    The limit is enforced while reading: a declared ``Content-Length`` over it is
+    answered with 413 before the body is read, and a chunked body is cut off with
+    413 the moment it passes the limit.  Nothing past the limit is buffered.
     """
 
     max_body_bytes = 65536
-    body_too_large = False
 
     def gotLength(self, length: int | None) -> None:
         self._body_received = 0
         if length is not None and length > self.max_body_bytes:
-            self.body_too_large = True
-            self.content = io.BytesIO()
+            self._refuse_body()
             return
-        super().gotLength(length)
+        # Bounded by max_body_bytes, so memory is right even when the length is
+        # unknown (chunked), where twisted.web would open a temporary file.
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
         self._body_received += len(data)
         if self._body_received > self.max_body_bytes:
-            self.body_too_large = True
-            self.content = io.BytesIO()
+            self._refuse_body()
             return
         super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if getattr(self, "_body_refused", False):
+            return  # answered with 413 already; the connection is closing
+        super().process()
+
+    def _refuse_body(self) -> None:
+        transport = self.channel.transport
+        if transport is None or getattr(self, "_body_refused", False):
+            return
+        self._body_refused = True
+        log.info(
+            "refused a request body over {limit} bytes from {peer}",
+            limit=self.max_body_bytes,
+            peer=_peer(self),
+        )
+        body = dumps(
+            {
+                "ok": False,
+                "error": codes.ERR_PAYLOAD_TOO_LARGE,
+                "message": f"the body is larger than {self.max_body_bytes} bytes",
+            }
+        )
+        # The request has not been dispatched yet, so the response is written
+        # directly and the connection closed: the rest of the body is never read.
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        transport.loseConnection()
+        self.content = io.BytesIO()  # drop what was buffered
 
 
 def _json(request: server.Request, status: int, body: dict[str, Any]) -> bytes:
@@ -75,13 +106,60 @@ def _error(
     return _json(request, status, body)
 
 
-def _peer(request: server.Request) -> str:
+def _peer(request: http.Request) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     return f"{host}:{getattr(address, 'port', '')}" if host else str(address)
 
 
-class NotifyResource(Resource):
+def _refuse_unless_service(
+    request: server.Request, settings: Settings, endpoint: str
+) -> bytes | None:
+    """The 401 answer unless the request carries the backend's service token."""
+    if service_token_matches(
+        settings.service_client_id,
+        settings.service_client_secret,
+        request.getHeader(b"cf-access-client-id"),
+        request.getHeader(b"cf-access-client-secret"),
+    ):
+        return None
+    log.info(
+        "refused {endpoint} from {peer}: bad service token",
+        endpoint=endpoint,
+        peer=_peer(request),
+    )
+    return _error(
+        request,
+        401,
+        codes.ERR_UNAUTHORIZED,
+        "CF-Access-Client-Id and CF-Access-Client-Secret must match the service token",
+    )
+
+
+class _MethodsResource(Resource):
+    """A resource answering every method it does not serve with 405 and ``Allow``.
+
+    twisted.web itself answers methods other than GET, HEAD and POST with 501,
+    and builds its 405 page with ``_UnsafeErrorPage``, deprecated since 22.10.
+    """
+
+    def render(self, request: server.Request) -> Any:
+        method = (request.method or b"").decode("ascii", "replace")
+        served = [m for m in ("GET", "POST") if hasattr(self, f"render_{m}")]
+        if "GET" in served:
+            served.insert(1, "HEAD")  # Resource.render_HEAD calls render_GET
+        if method not in served:
+            request.setHeader(b"allow", ", ".join(served).encode("ascii"))
+            return _error(
+                request,
+                405,
+                codes.ERR_METHOD_NOT_ALLOWED,
+                f"use {' or '.join(served)}",
+            )
+        return super().render(request)
+
+
+class NotifyResource(_MethodsResource):
     """``POST /internal/notify``: the backend's authoritative events."""
 
     isLeaf = True
@@ -96,25 +174,12 @@ class NotifyResource(Resource):
             return self._notify(request)
         except Exception:
             log.failure("unexpected error handling a notification")
-            return _error(request, 500, "internal_error", "internal error")
+            return _error(request, 500, codes.ERR_INTERNAL, "internal error")
 
     def _notify(self, request: server.Request) -> bytes:
-        settings = self._settings
-        if not service_token_matches(
-            settings.service_client_id,
-            settings.service_client_secret,
-            request.getHeader(b"cf-access-client-id"),
-            request.getHeader(b"cf-access-client-secret"),
-        ):
-            log.info(
-                "refused notify from {peer}: bad service token", peer=_peer(request)
-            )
-            return _error(
-                request,
-                401,
-                codes.ERR_UNAUTHORIZED,
-                "CF-Access-Client-Id and CF-Access-Client-Secret must match the service token",
-            )
+        refused = _refuse_unless_service(request, self._settings, "notify")
+        if refused is not None:
+            return refused
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
         if content_type.strip().lower() not in JSON_TYPES:
             return _error(
@@ -122,14 +187,6 @@ class NotifyResource(Resource):
                 415,
                 codes.ERR_UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
-            )
-        if getattr(request, "body_too_large", False):
-            limit = getattr(request, "max_body_bytes", 0)
-            return _error(
-                request,
-                413,
-                codes.ERR_PAYLOAD_TOO_LARGE,
-                f"the body is larger than {limit} bytes",
             )
         assert request.content is not None
         body = request.content.read()
@@ -149,7 +206,50 @@ class NotifyResource(Resource):
         return _json(request, 200, {"ok": True, "delivered": delivered})
 
 
-class HealthResource(Resource):
+class PresenceResource(_MethodsResource):
+    """``GET /internal/presence?orgId=...``: who is online in an org, for the backend."""
+
+    isLeaf = True
+
+    def __init__(self, registry: OrgRegistry, settings: Settings) -> None:
+        super().__init__()
+        self._registry = registry
+        self._settings = settings
+
+    def render_GET(self, request: server.Request) -> bytes:
+        try:
+            return self._presence(request)
+        except Exception:
+            log.failure("unexpected error answering a presence query")
+            return _error(request, 500, codes.ERR_INTERNAL, "internal error")
+
+    def _presence(self, request: server.Request) -> bytes:
+        refused = _refuse_unless_service(request, self._settings, "presence")
+        if refused is not None:
+            return refused
+        values = (request.args or {}).get(b"orgId") or [b""]
+        try:
+            org_id = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            org_id = ""
+        if not org_id.strip() or len(org_id) > MAX_ID_LENGTH:
+            return _error(
+                request,
+                400,
+                codes.ERR_BAD_REQUEST,
+                "the orgId query parameter is required",
+                (
+                    (
+                        "orgId",
+                        f"required: a non-empty id of at most {MAX_ID_LENGTH} characters",
+                    ),
+                ),
+            )
+        users = converter.unstructure(self._registry.presence(org_id))
+        return _json(request, 200, {"ok": True, "orgId": org_id, "users": users})
+
+
+class HealthResource(_MethodsResource):
     """``GET /healthz``: liveness plus connection and room counts."""
 
     isLeaf = True
@@ -166,6 +266,7 @@ class HealthResource(Resource):
                 "ok": True,
                 "connections": self._registry.connection_count,
                 "rooms": self._registry.room_count,
+                "historyOnlyRooms": self._registry.history_room_count,
             },
         )
 
@@ -176,12 +277,19 @@ def make_site(
     factory: OfficeServerFactory,
     *,
     max_body_bytes: int,
+    http_timeout: float = 30.0,
 ) -> server.Site:
-    """Build the one :class:`~twisted.web.server.Site` the daemon listens with."""
+    """Build the one :class:`~twisted.web.server.Site` the daemon listens with.
+
+    :param http_timeout: seconds an HTTP connection may stay idle or dribble a
+        request before it is dropped (slow clients); WebSocket connections leave
+        this timer when they upgrade and are kept alive by pings instead.
+    """
     root = Resource()
-    root.putChild(b"websocket", WebSocketResource(factory))
+    root.putChild(b"websocket", OfficeWebSocketResource(factory))
     internal = Resource()
     internal.putChild(b"notify", NotifyResource(registry, settings))
+    internal.putChild(b"presence", PresenceResource(registry, settings))
     root.putChild(b"internal", internal)
     root.putChild(b"healthz", HealthResource(registry))
 
@@ -189,7 +297,7 @@ def make_site(
         pass
 
     _Request.max_body_bytes = max_body_bytes
-    site = server.Site(root, requestFactory=_Request)
+    site = server.Site(root, requestFactory=_Request, timeout=http_timeout)
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -1,22 +1,40 @@
 """The WebSocket adapter: Autobahn protocol and factory around the registry.
 
 ``onConnect`` authenticates before the upgrade, ``onOpen`` joins the room,
-``onMessage`` decodes and hands over, ``onClose`` leaves.  The protocol is the
-room's :class:`~officerouter.rooms.Connection`: it frames each encoded message once
-and writes everything queued for a connection during one reactor iteration with
-a single ``transport.write``.
+``onMessage`` rate-limits, decodes and hands over, ``onClose`` leaves.  The
+protocol is the room's :class:`~officerouter.rooms.Connection`: it frames each
+encoded message once, queues it in an :class:`~officerouter.limits.Outbox`, and
+writes everything queued for a connection during one reactor iteration with a
+single ``transport.write``; while the transport is full (producer paused) the
+outbox holds frames, bounded.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
+from zope.interface import implementer
+
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ISystemHandle,
+)
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from officerouter import codes
 from officerouter.auth import (
@@ -26,10 +44,15 @@ from officerouter.auth import (
     token_from_subprotocols,
 )
 from officerouter.codec import ContractError, Encoded, decode_client
+from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
 
 _FRAMING = "ws"
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+RATE_LIMITED = ContractError(
+    codes.ERR_RATE_LIMITED, [("$", "too many messages; slow down")]
+)
 
 
 def text_frame(data: bytes) -> bytes:
@@ -48,6 +71,22 @@ def framed(message: Encoded) -> bytes:
     if frame is None:
         frame = message.framings[_FRAMING] = text_frame(message.data)
     return frame
+
+
+def _set_send_buffer(transport: Any, size: int) -> None:
+    """Cap the kernel's send buffer of a plain TCP connection (not for TLS)."""
+    if ISystemHandle.providedBy(transport) and not ISSLTransport.providedBy(transport):
+        handle = transport.getHandle()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    """Accept the first permessage-deflate offer (``--permessage-deflate``)."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
 
 
 class _Flusher:
@@ -75,6 +114,24 @@ class _Flusher:
             protocol.flush()
 
 
+@implementer(IPushProducer)
+class _Backpressure:
+    """Registered with the transport: tells the protocol when its buffer is full."""
+
+    def __init__(self, protocol: OfficeServerProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.paused = True
+
+    def resumeProducing(self) -> None:
+        self._protocol.paused = False
+        self._protocol.flush()
+
+    def stopProducing(self) -> None:
+        self._protocol.paused = True
+
+
 class OfficeServerProtocol(WebSocketServerProtocol):
     """One client connection."""
 
@@ -86,8 +143,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._identity: Identity | None = None
         self._since: str | None = None
         self._session: Session | None = None
-        self._pending: list[bytes] = []
+        self._outbox: Outbox | None = None
+        self._guard: FloodGuard | None = None
         self._scheduled = False
+        self.paused = False
 
     # ------------------------------------------------------------ handshake
 
@@ -102,28 +161,37 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error authenticating a connection")
             raise ConnectionDeny(500, codes.REASON_INTERNAL) from None
 
+    def _deny(self, request: ConnectionRequest, status: int, reason: str) -> NoReturn:
+        raise ConnectionDeny(status, reason)
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        # Every refused handshake passes here, ours (ConnectionDeny) and
+        # Autobahn's own (bad headers): one log line each, with peer and reason.
+        self._log.info(
+            "refused connection from {peer}: {status} {reason}",
+            peer=self.peer,
+            status=code,
+            reason=reason,
+        )
+        super().failHandshake(reason, code, responseHeaders)
+
     def _authenticate(self, request: ConnectionRequest) -> str:
-        peer = request.peer
+        factory = self.factory
+        if not factory.origins.allows(request.origin):
+            self._deny(request, 403, codes.REASON_ORIGIN)
         try:
             token, echo = token_from_subprotocols(request.protocols)
-            identity = self.factory.verifier.verify(token)
-            self.factory.registry.check_admission(identity)
+            identity = factory.verifier.verify(token)
+            factory.registry.check_admission(identity)
         except AuthError as e:
-            self._log.info(
-                "refused connection from {peer}: {reason}",
-                peer=peer,
-                reason=e.reason,
-                status=401,
-            )
-            raise ConnectionDeny(401, e.reason) from None
+            self._deny(request, 401, e.reason)
         except RefusedError as e:
-            self._log.info(
-                "refused connection from {peer}: {reason}",
-                peer=peer,
-                reason=e.reason,
-                status=e.status,
-            )
-            raise ConnectionDeny(e.status, e.reason) from None
+            self._deny(request, e.status, e.reason)
+        refusal = factory.capacity_refusal(identity)
+        if refusal is not None:
+            self._deny(request, *refusal)
         self._identity = identity
         since = request.params.get("since")
         self._since = since[0] if since else None
@@ -133,8 +201,23 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         # Autobahn calls onOpen with no errback: a bug here must not leave a
         # half-joined connection behind.
         assert self._identity is not None
+        factory = self.factory
+        limits = factory.limits
+        self._outbox = Outbox(limits.soft_buffer_bytes, limits.hard_buffer_bytes)
+        self._guard = FloodGuard(
+            limits.rate, limits.burst, limits.flood_seconds, factory.clock.seconds
+        )
+        transport: Any = self.transport
+        if limits.socket_send_buffer:
+            _set_send_buffer(transport, limits.socket_send_buffer)
+        # twisted.web's HTTPChannel is still registered as the producer of the
+        # transport it handed over; from now on the outbox listens instead.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(_Backpressure(self), True)
+        factory.live.add(self)
         try:
-            self._session = self.factory.registry.connect(
+            self._session = factory.registry.connect(
                 self._identity, self, since=self._since
             )
         except RefusedError as e:
@@ -144,12 +227,6 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error joining a room")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
             return
-        self._log.debug(
-            "connection {connection_id} opened for user {user_id} in org {org_id}",
-            connection_id=self._session.connection_id,
-            user_id=self._session.user_id,
-            org_id=self._session.org_id,
-        )
 
     # ------------------------------------------------------------ messages
 
@@ -160,8 +237,14 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         if isBinary:
             self.close(codes.CLOSE_UNSUPPORTED_DATA, codes.REASON_BINARY)
             return
+        assert self._guard is not None
+        verdict = self._guard.check()
+        if verdict is not Verdict.ALLOW:
+            self._rate_limited(session, verdict)
+            return
         registry = self.factory.registry
         try:
+            session.check_may_send()
             message = decode_client(payload, registry.catalog)
             registry.receive(session, message)
         except ContractError as e:
@@ -175,8 +258,28 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error handling a client frame")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
 
+    def _rate_limited(self, session: Session, verdict: Verdict) -> None:
+        if verdict is Verdict.DROP_AND_WARN:
+            self._log.info(
+                "rate limiting connection {connection_id}",
+                connection_id=session.connection_id,
+            )
+            self.send(error_frame(RATE_LIMITED))
+        elif verdict is Verdict.CLOSE:
+            self._log.info(
+                "closing connection {connection_id}: flooding",
+                connection_id=session.connection_id,
+            )
+            self.close(codes.CLOSE_POLICY_VIOLATION, codes.REASON_FLOODING)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._pending.clear()
+        self._leave()
+        self.factory.forget(self)
+
+    def _leave(self) -> None:
+        """Leave the room and free the queue; idempotent."""
+        if self._outbox is not None:
+            self._outbox.clear()
         session, self._session = self._session, None
         if session is not None:
             self.factory.registry.disconnect(session)
@@ -185,34 +288,63 @@ class OfficeServerProtocol(WebSocketServerProtocol):
 
     def send(self, message: Encoded) -> None:
         """Queue a message; it is written at the end of this reactor iteration."""
-        if self.state != _STATE_OPEN:
+        outbox = self._outbox
+        if self.state != _STATE_OPEN or outbox is None:
             return
-        self._pending.append(framed(message))
-        if not self._scheduled:
+        compress: object = self._perMessageCompress
+        if compress is not None:
+            # Negotiated permessage-deflate: each frame is compressed for this
+            # connection by Autobahn, so the shared framing cannot be used.
+            self.sendMessage(message.data)
+            return
+        key = (
+            message.type + "\0" + message.sender
+            if message.ephemeral and message.sender
+            else None
+        )
+        if not outbox.push(framed(message), key):
+            self._overflow(outbox)
+            return
+        if not self._scheduled and not self.paused:
             self._scheduled = True
             self.factory.flusher.schedule(self)
+
+    def _overflow(self, outbox: Outbox) -> None:
+        self._log.info(
+            "closing connection {connection_id}: {size} bytes waiting, client too slow",
+            connection_id=self._session.connection_id if self._session else None,
+            size=outbox.size,
+        )
+        outbox.clear()
+        self.close(codes.CLOSE_TRY_AGAIN_LATER, codes.REASON_SLOW)
 
     def flush(self) -> None:
         """Write everything queued with one ``transport.write``."""
         self._scheduled = False
-        pending = self._pending
-        if not pending:
+        outbox = self._outbox
+        if outbox is None or not outbox or self.paused:
             return
         if self.state != _STATE_OPEN:
-            pending.clear()
+            outbox.clear()
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
         assert self.transport is not None
-        self.transport.write(data)
+        self.transport.write(outbox.take())
 
     def close(self, code: int, reason: str) -> None:
         """Send what is queued, then start the closing handshake."""
         if self.state != _STATE_OPEN:
             return
-        self.flush()
+        if not self.paused:
+            self.flush()
+        elif self._outbox is not None:
+            # The client is not reading: the close frame will not wait behind
+            # a backlog it may never drain.
+            self._outbox.clear()
         # sendClose() only takes 1000 and 3000-4999; the protocol codes go out here.
         self.sendCloseFrame(code, reason.encode("utf-8"), isReply=False)
+        # Nothing more can be sent on a closing connection: leave the room now
+        # rather than when the peer answers (or the close handshake times out).
+        self._leave()
 
 
 class OfficeServerFactory(WebSocketServerFactory):
@@ -226,25 +358,83 @@ class OfficeServerFactory(WebSocketServerFactory):
         registry: OrgRegistry,
         verifier: TokenVerifier,
         clock: IReactorTime,
-        max_message_bytes: int,
-        ping_interval: float,
-        ping_timeout: float,
+        limits: Limits,
+        origins: OriginPolicy | None = None,
+        permessage_deflate: bool = False,
+        ping_interval: float = 25.0,
+        ping_timeout: float = 10.0,
         open_handshake_timeout: float = 10.0,
         close_handshake_timeout: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        # No version in the Server header, and no HTML status page on a plain GET.
+        kwargs.setdefault("server", "officerouter")
         super().__init__(**kwargs)
         self.registry = registry
         self.verifier = verifier
+        self.clock = clock
+        self.limits = limits
+        self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
+        #: Every open or closing connection, until its TCP connection is gone.
+        self.live: set[OfficeServerProtocol] = set()
+        self._idle_waiters: list[Deferred[None]] = []
         self.setProtocolOptions(
-            maxFramePayloadSize=max_message_bytes,
-            maxMessagePayloadSize=max_message_bytes,
+            maxFramePayloadSize=limits.max_message_bytes,
+            maxMessagePayloadSize=limits.max_message_bytes,
             # Without this Autobahn drops the TCP connection on a protocol error
             # or an oversized message, and the client never sees 1009 or 1007.
             failByDrop=False,
+            webStatus=False,
             openHandshakeTimeout=open_handshake_timeout,
             closeHandshakeTimeout=close_handshake_timeout,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
         )
+        if permessage_deflate:
+            self.setProtocolOptions(perMessageCompressionAccept=_accept_deflate)
+
+    def forget(self, protocol: OfficeServerProtocol) -> None:
+        """A connection is gone; wake whoever waits for none to be left."""
+        self.live.discard(protocol)
+        if not self.live:
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fire once no connection is open or closing."""
+        if not self.live:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def capacity_refusal(self, identity: Identity) -> tuple[int, str] | None:
+        """The (status, reason) refusing a new connection past a cap, or ``None``."""
+        limits = self.limits
+        registry = self.registry
+        if registry.connection_count >= limits.max_connections:
+            return 503, codes.REASON_SERVER_FULL
+        if (
+            registry.org_connection_count(identity.org_id)
+            >= limits.max_connections_per_org
+        ):
+            return 429, codes.REASON_ORG_FULL
+        if (
+            registry.user_connection_count(identity.org_id, identity.user_id)
+            >= limits.max_connections_per_user
+        ):
+            return 429, codes.REASON_USER_FULL
+        return None
+
+
+class OfficeWebSocketResource(WebSocketResource):
+    """Mounts the factory in the Site, and detaches the request from HTTP timeouts."""
+
+    def render(self, request: Request) -> int | bytes:
+        # The HTTPChannel keeps its idle timer after Autobahn takes the transport
+        # over; left running it would fire on a transport that is no longer its own.
+        request.channel.setTimeout(None)
+        result: int | bytes = super().render(request)
+        return result

@@ -1,0 +1,1181 @@
+#!/usr/bin/env python3
+"""Run officerouter's benchmark scenarios, a fresh server per run.
+
+    python bench/run.py [--out DIR] [--scenarios s1,s2,s3,s4,s5] [--reps N] ...
+    python bench/run.py --smoke --out /tmp/smoke
+    python bench/run.py --name node-ws --cwd /tmp/sharedbench \\
+        --cmd "bash peers/node-ws/start.sh" --out DIR
+
+Each run starts the server (pinned with ``taskset -c 0``, its own process group),
+waits for its port, runs the load generator ``gen/wsgen`` pinned to CPU 1, records
+the generator's JSON plus what this driver reads from /proc (server RSS summed over
+the process group, peak RSS), then stops the whole group (SIGTERM, SIGKILL after
+5 s). Results are appended to ``DIR/results.jsonl`` (one object per run, retries
+included) and ``DIR/results.md`` is rewritten from every kept record in it, so
+several servers run into one DIR come out side by side.
+
+By default the server is the installed officerouter: ``twistd -n --pidfile=
+officerouter --port tcp:PORT:interface=127.0.0.1 --env-file FILE`` (plus
+``--ping-interval 0`` when the daemon has that option), started in a scratch
+directory so the checkout's plugin cannot shadow the installed one. With ``--cmd``
+any server that reads PORT, CONN_JWT_PUBLIC_KEY, CF_ACCESS_CLIENT_ID and
+CF_ACCESS_CLIENT_SECRET from its environment is run the same way, under
+``bash -c "exec CMD"`` in ``--cwd``.
+
+Only 127.0.0.1 is contacted. Standard library only, besides what bench/tokens.py
+needs to sign tokens (PyJWT, cryptography).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GEN_DIR = HERE / "gen"
+WSGEN = GEN_DIR / "wsgen"
+WSBLAST = GEN_DIR / "wsblast"
+CONFIG_VARS = (
+    "PORT",
+    "CONN_JWT_PUBLIC_KEY",
+    "CONN_JWT_PUBLIC_KEY_FILE",
+    "CF_ACCESS_CLIENT_ID",
+    "CF_ACCESS_CLIENT_SECRET",
+    "JWT_PRIVATE_KEY",
+)
+SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+
+
+def log(*parts: Any) -> None:
+    """A progress line on stderr."""
+    print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------- /proc
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes whose process group is ``pgid``."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_memory_kb(pgid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) summed over a process group, in KiB."""
+    total = {"rss_kb": 0, "hwm_kb": 0, "procs": 0}
+    for pid in group_pids(pgid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total["procs"] += 1
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total["rss_kb"] += int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                total["hwm_kb"] += int(line.split()[1])
+    return total
+
+
+def busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine so far (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = values
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this driver and its reaped children."""
+    usage = [resource.getrusage(resource.RUSAGE_SELF)]
+    usage.append(resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def wait_quiet(limit_pct: float, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other work uses < ``limit_pct`` of a core.
+
+    :returns: the last measured share of a core used by other processes, in %.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, o0, t0 = busy_seconds(), own_cpu_seconds(), time.monotonic()
+        time.sleep(1.0)
+        dt = time.monotonic() - t0
+        pct = 100 * max(0.0, busy_seconds() - b0 - (own_cpu_seconds() - o0)) / dt
+        if pct < limit_pct or time.monotonic() >= deadline:
+            return round(pct, 1)
+        log(f"machine busy with other work ({pct:.0f}% of a core); waiting")
+
+
+def listen_counters() -> dict[str, int]:
+    """TcpExt ListenOverflows and ListenDrops from /proc/net/netstat."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return {k: int(table.get(k, 0)) for k in ("ListenOverflows", "ListenDrops")}
+    return {}
+
+
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), 0.2),
+    ):
+        return True
+    return False
+
+
+def free_port() -> int:
+    """A currently free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_prefix(cpu: str) -> list[str]:
+    """``taskset -c CPU`` when taskset exists and the CPU is ours, else nothing."""
+    if not cpu or shutil.which("taskset") is None:
+        return []
+    if int(cpu) not in os.sched_getaffinity(0):
+        log(f"warning: CPU {cpu} not available; not pinning")
+        return []
+    return ["taskset", "-c", cpu]
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL it after ``grace`` seconds."""
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not group_pids(pgid):
+                return
+            time.sleep(0.05)
+    proc.poll()
+
+
+# --------------------------------------------------------------------- server
+
+
+@dataclass
+class ServerSpec:
+    """How to start the server under test."""
+
+    name: str
+    cmd: str | None
+    cwd: Path
+    twistd: Path | None
+    cf_id: str
+    cf_secret: str
+    public_pem: str
+    scratch: Path
+    ping_off: bool = False
+    start_timeout: float = 30.0
+    settle: float = 0.5
+
+    def describe(self) -> str:
+        """The start command, as recorded with every result."""
+        if self.cmd is not None:
+            return self.cmd
+        extra = " --ping-interval 0" if self.ping_off else ""
+        return (
+            f"{self.twistd} -n --pidfile= officerouter "
+            f"--port tcp:$PORT:interface=127.0.0.1 --env-file ENV{extra}"
+        )
+
+
+def officerouter_env_file(spec: ServerSpec) -> Path:
+    """The env file officerouter reads: PEM on one line with literal ``\\n``."""
+    path = spec.scratch / "officerouter.env"
+    pem = spec.public_pem.strip().replace("\n", "\\n")
+    path.write_text(
+        f'CONN_JWT_PUBLIC_KEY="{pem}"\n'
+        f'CF_ACCESS_CLIENT_ID="{spec.cf_id}"\n'
+        f'CF_ACCESS_CLIENT_SECRET="{spec.cf_secret}"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def twistd_has_option(twistd: Path, option: str) -> bool:
+    """Whether ``twistd officerouter --help`` lists ``option``."""
+    try:
+        out = subprocess.run(
+            [str(twistd), "officerouter", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in out.stdout
+
+
+class Server:
+    """One server process group, started fresh for one run."""
+
+    def __init__(self, spec: ServerSpec, port: int, cpu: str, log_path: Path) -> None:
+        self.spec = spec
+        self.port = port
+        self.cpu = cpu
+        self.log_path = log_path
+        self.proc: subprocess.Popen[Any] | None = None
+
+    def start(self) -> Server:
+        spec = self.spec
+        if port_open(self.port):
+            raise RuntimeError(f"port {self.port} is in use: not benchmarking that")
+        env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
+        if spec.cmd is None:
+            assert spec.twistd is not None
+            argv = [
+                str(spec.twistd),
+                "-n",
+                "--pidfile=",
+                "officerouter",
+                "--port",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--env-file",
+                str(officerouter_env_file(spec)),
+            ]
+            if spec.ping_off:
+                argv += ["--ping-interval", "0"]
+            cwd = spec.scratch
+        else:
+            env.update(
+                PORT=str(self.port),
+                CONN_JWT_PUBLIC_KEY=spec.public_pem,
+                CF_ACCESS_CLIENT_ID=spec.cf_id,
+                CF_ACCESS_CLIENT_SECRET=spec.cf_secret,
+            )
+            argv = ["bash", "-c", "exec " + spec.cmd]
+            cwd = spec.cwd
+        with self.log_path.open("ab") as logf:
+            logf.write(f"==== {time.strftime('%H:%M:%S')} port {self.port}\n".encode())
+            logf.flush()
+            self.proc = subprocess.Popen(
+                cpu_prefix(self.cpu) + argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + spec.start_timeout
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with status {self.proc.returncode}; "
+                    f"see {self.log_path}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not open its port in time")
+            time.sleep(0.05)
+        time.sleep(spec.settle)
+        return self
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        stop_group(self.proc)
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """Start ``server`` and stop its whole process group afterwards, whatever happens."""
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------- generator
+
+
+class Generator:
+    """One wsgen process; stderr is read on a thread so READY can be waited for."""
+
+    def __init__(self, argv: list[str], timeout: float) -> None:
+        self.timeout = timeout
+        self.stderr: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+            if line.startswith("wsgen: READY"):
+                self.ready.set()
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the JSON object on stdout (bounded); kill on timeout."""
+        try:
+            out, _ = self.proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(self.proc, grace=2)
+            raise RuntimeError("generator timed out") from None
+        finally:
+            self._reader.join(timeout=5)
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            tail = " | ".join(self.stderr[-5:])
+            raise RuntimeError(
+                f"generator gave no result (exit {self.proc.returncode}): {tail}"
+            )
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+
+# --------------------------------------------------------------------- tokens
+
+
+def token_file(keys: Path, users: int, orgs: int, ttl: int) -> Path:
+    """A token file with at least ``users`` tokens over ``orgs`` orgs, cached in ``keys``."""
+    import tokens  # bench/tokens.py: PyJWT and cryptography only when signing
+
+    path = keys / f"tokens-k{orgs}.txt"
+    if path.exists():
+        fresh = time.time() - path.stat().st_mtime < ttl / 2
+        with path.open() as f:
+            count = sum(1 for _ in f)
+        if fresh and count >= users:
+            return path
+    t0 = time.monotonic()
+    tokens.write_tokens(keys, path, users, orgs, ttl)
+    log(
+        f"signed {users} RS256 tokens over {orgs} org(s) ({time.monotonic() - t0:.1f} s)"
+    )
+    return path
+
+
+def public_key(keys: Path) -> str:
+    import tokens
+
+    return tokens.ensure_keys(keys)[1]
+
+
+# --------------------------------------------------------------------- runs
+
+
+@dataclass
+class Plan:
+    """One scenario run: the generator's arguments and the labels it is filed under."""
+
+    scenario: str
+    n: int
+    load: str = ""
+    rate: float = 0.0
+    orgs: int = 1
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        parts = [self.scenario, f"n={self.n}"]
+        if self.orgs > 1:
+            parts.append(f"orgs={self.orgs}")
+        if self.load:
+            parts.append(self.load)
+        return " ".join(parts)
+
+
+def plans(a: argparse.Namespace) -> list[Plan]:
+    """Every run of one repetition, in order."""
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    loads = [x for x in a.s1_loads.split(",") if x]
+    out: list[Plan] = []
+    for scenario in a.scenarios:
+        if scenario == "s1":
+            for n in ints(a.s1_n):
+                for load in loads:
+                    rate = 0.0 if load == "max" else a.s1_rate
+                    out.append(Plan("s1", n, load, rate))
+        elif scenario == "s2":
+            out.extend(Plan("s2", n) for n in ints(a.s2_n))
+        elif scenario == "s3":
+            out.extend(Plan("s3", n) for n in ints(a.s3_n))
+        elif scenario == "s4":
+            for spec in a.s4.split(","):
+                orgs, per_org = (int(x) for x in spec.lower().split("x"))
+                for load in [x for x in a.s4_loads.split(",") if x]:
+                    rate = 0.0 if load == "max" else a.s4_rate
+                    out.append(Plan("s4", orgs * per_org, load, rate, orgs))
+        elif scenario == "s5":
+            out.extend(Plan("s5", n) for n in ints(a.s5_n))
+    return out
+
+
+def generator_argv(
+    a: argparse.Namespace, plan: Plan, server: Server, tokens_path: Path
+) -> list[str]:
+    argv = [
+        *cpu_prefix(a.gen_cpu),
+        str(WSGEN),
+        "--scenario",
+        plan.scenario,
+        "--port",
+        str(server.port),
+        "--tokens",
+        str(tokens_path),
+        "-n",
+        str(plan.n),
+        "--server-pgid",
+        str(server.pgid),
+        "--cf-id",
+        server.spec.cf_id,
+        "--cf-secret",
+        server.spec.cf_secret,
+        "--ready-timeout",
+        str(a.ready_timeout),
+        "--inflight",
+        str(a.s5_inflight if plan.scenario == "s5" else a.inflight),
+    ]
+    if plan.scenario in ("s1", "s2", "s4"):
+        argv += [
+            "--duration",
+            str(a.duration),
+            "--warmup",
+            str(a.warmup),
+            "--drain",
+            str(a.drain),
+        ]
+    if plan.scenario in ("s1", "s4"):
+        argv += ["--publishers", str(a.publishers), "--rate", str(plan.rate)]
+    if plan.scenario == "s2":
+        argv += ["--hz", str(a.s2_hz)]
+    if plan.scenario == "s3":
+        argv += ["--settle", str(a.s3_settle), "--hold", "60"]
+    return argv
+
+
+def one_attempt(
+    a: argparse.Namespace, spec: ServerSpec, plan: Plan, tokens_path: Path
+) -> dict[str, Any]:
+    quiet = wait_quiet(a.quiet_pct, a.quiet_wait) if a.quiet_wait > 0 else None
+    port = a.port or free_port()
+    server = Server(spec, port, a.server_cpu, a.out / f"{spec.name}.server.log")
+    record: dict[str, Any] = {}
+    t0 = time.monotonic()
+    with running(server):
+        record["server_start_s"] = round(time.monotonic() - t0, 2)
+        mem0 = group_memory_kb(server.pgid)
+        tcp0 = listen_counters()
+        timeout = a.ready_timeout + a.warmup + a.duration + a.drain + 90
+        gen = Generator(generator_argv(a, plan, server, tokens_path), timeout)
+        try:
+            if plan.scenario == "s3":
+                if gen.ready.wait(timeout=a.ready_timeout + a.s3_settle + 30):
+                    mem_n = group_memory_kb(server.pgid)
+                    record["rss_n_kb"] = mem_n["rss_kb"]
+                gen.signal(signal.SIGUSR1)
+            result = gen.result()
+        finally:
+            if gen.proc.poll() is None:
+                stop_group(gen.proc, grace=2)
+        tcp1 = listen_counters()
+        mem1 = group_memory_kb(server.pgid)
+        record["server_alive"] = server.alive()
+    record.update(result)
+    # SYNs or handshakes dropped because the server's accept queue was full
+    # (machine-wide counters; nothing else listens on loopback at this rate).
+    record["listen_overflows"] = {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in tcp1}
+    record.update(
+        rss0_kb=mem0["rss_kb"],
+        rss_end_kb=mem1["rss_kb"],
+        hwm_kb=mem1["hwm_kb"],
+        server_procs=mem1["procs"],
+        generator_stderr=gen.stderr[-12:],
+        run_wall_s=round(time.monotonic() - t0, 2),
+        quiet_before_pct=quiet,
+    )
+    if plan.scenario == "s3":
+        ready = record.get("ready") or 0
+        rss_n = record.get("rss_n_kb")
+        record["kb_per_conn"] = (
+            round((rss_n - mem0["rss_kb"]) / ready, 2) if rss_n and ready else None
+        )
+    return record
+
+
+def disturbed(record: dict[str, Any]) -> float:
+    """How long the server or the generator waited for its core, % of the window."""
+    cpu = record.get("cpu") or record.get("connect", {}).get("cpu") or {}
+    return max(cpu.get("server_wait_pct", 0.0), cpu.get("gen_wait_pct", 0.0))
+
+
+def run_plan(
+    a: argparse.Namespace, spec: ServerSpec, plan: Plan, rep: int, tokens_path: Path
+) -> None:
+    records = []
+    for attempt in range(1, a.max_attempts + 1):
+        base = {
+            "server": spec.name,
+            "scenario": plan.scenario,
+            "n": plan.n,
+            "load": plan.load,
+            "orgs_planned": plan.orgs,
+            "rate_target": plan.rate,
+            "rep": rep,
+            "attempt": attempt,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "cmd": spec.describe(),
+            "duration": a.duration,
+            "warmup": a.warmup,
+        }
+        try:
+            record = {**base, **one_attempt(a, spec, plan, tokens_path)}
+        except Exception as e:  # recorded and shown; the session goes on
+            record = {**base, "failed": str(e)}
+        records.append(record)
+        wait = disturbed(record)
+        log(f"{spec.name} {plan.label} rep {rep} try {attempt}: {summary(record)}")
+        if "failed" in record or plan.scenario == "s3" or wait <= a.retry_wait_pct:
+            break
+        if attempt < a.max_attempts:
+            log(f"  disturbed (waited {wait:.1f}% of the window for a core): again")
+    kept = min(records, key=lambda r: ("failed" in r, disturbed(r)))
+    with (a.out / "results.jsonl").open("a") as f:
+        for record in records:
+            record["kept"] = record is kept
+            f.write(json.dumps(record) + "\n")
+
+
+def summary(r: dict[str, Any]) -> str:
+    """One line per run for the progress log."""
+    if "failed" in r:
+        return f"FAILED: {r['failed']}"
+    errors = r.get("errors", {}).get("total")
+    cpu = r.get("cpu") or r.get("connect", {}).get("cpu", {})
+    parts = [f"errors {errors}"]
+    if "deliveries_per_s" in r:
+        lat = r["latency_ms"]
+        parts.append(
+            f"{r['deliveries_per_s']:.0f} deliveries/s, p50 {lat['p50']:.2f} "
+            f"p99 {lat['p99']:.2f} ms"
+        )
+    if "totals" in r:
+        parts.append(
+            f"claimed {r['totals']['delivered_claimed']} received {r['totals']['received']}"
+        )
+    if "s2" in r:
+        parts.append(f"share {r['s2']['achieved']:.2f}")
+    if r.get("kb_per_conn") is not None:
+        parts.append(f"{r['kb_per_conn']} KB/conn")
+    if r.get("scenario") == "s5":
+        parts.append(
+            f"{r['connect']['seconds']:.2f} s, handshake p99 "
+            f"{r['connect']['handshake_ms']['p99']:.1f} ms"
+        )
+    parts.append(
+        f"server {cpu.get('server_pct', -1):.0f}% gen {cpu.get('gen_pct', -1):.0f}% "
+        f"(wait {cpu.get('server_wait_pct', 0):.1f}/{cpu.get('gen_wait_pct', 0):.1f}%, "
+        f"other {cpu.get('other_pct', 0):.0f}%)"
+    )
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------- report
+
+
+def load_records(paths: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for path in paths:
+        if path.exists():
+            with path.open() as f:
+                out.extend(json.loads(line) for line in f if line.strip())
+    return out
+
+
+def _k(v: float) -> str:
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f}k"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _cell(records: list[dict[str, Any]], fmt: Any, *, noisy_pct: float = 3.0) -> str:
+    if not records:
+        return "–"
+    parts = []
+    for r in sorted(records, key=lambda r: r["rep"]):
+        if "failed" in r:
+            parts.append("failed")
+            continue
+        try:
+            text = fmt(r)
+        except (KeyError, TypeError, ZeroDivisionError):
+            text = "?"
+        if r.get("errors", {}).get("total"):
+            text += " ⚠"
+        if r["scenario"] != "s3" and disturbed(r) > noisy_pct:
+            text += "†"
+        parts.append(text)
+    return " / ".join(parts)
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _table(
+    title: str,
+    note: str,
+    records: list[dict[str, Any]],
+    servers: list[str],
+    scenario: str,
+    fmt: Any,
+    value: Any = None,
+    load: str | None = None,
+    higher_is_better: bool = True,
+) -> list[str]:
+    rows = sorted(
+        {
+            (r["n"], r.get("orgs_planned", 1))
+            for r in records
+            if r["scenario"] == scenario and (load is None or r.get("load") == load)
+        }
+    )
+    if not rows:
+        return []
+    ratio = value is not None and len(servers) >= 2
+    head = ["", *servers]
+    if ratio:
+        head.append(f"{servers[0]} / {servers[1]}")
+    lines = [f"### {title}", ""] + ([note, ""] if note else [])
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for n, orgs in rows:
+        label = f"N={n}" if orgs <= 1 else f"{orgs} orgs × {n // orgs}"
+        cells = [label]
+        medians = []
+        for server in servers:
+            mine = [
+                r
+                for r in records
+                if r["server"] == server
+                and r["scenario"] == scenario
+                and r["n"] == n
+                and r.get("orgs_planned", 1) == orgs
+                and (load is None or r.get("load") == load)
+            ]
+            cells.append(_cell(mine, fmt))
+            if ratio:
+                good = [r for r in mine if "failed" not in r]
+                with contextlib.suppress(KeyError, TypeError):
+                    medians.append(_median([value(r) for r in good]))
+        if ratio:
+            a, b = medians[0], medians[1]
+            if a and b:
+                cells.append(f"{a / b:.2f}" if higher_is_better else f"{b / a:.2f}")
+            else:
+                cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def render_report(out: Path) -> str:
+    records = [r for r in load_records([out / "results.jsonl"]) if r.get("kept", True)]
+    servers: list[str] = []
+    for r in records:
+        if r["server"] not in servers:
+            servers.append(r["server"])
+    lat = "latency_ms"
+    cpu = "cpu"
+    lines = [
+        "# Benchmark results",
+        "",
+        f"From `{out / 'results.jsonl'}` ({len(records)} kept runs). Each cell lists "
+        "the repetitions in order (`rep 1 / rep 2 / …`). † = the server or the "
+        "generator waited more than 3 % of the window for its core (noise); "
+        "⚠ = the generator counted errors in that run (see the JSONL). Ratio "
+        "columns compare medians of the first two servers, > 1 meaning the first "
+        "is better.",
+        "",
+    ]
+    t = _table
+    lines += t(
+        "S1 broadcast, max rate: deliveries/s",
+        "Closed loop: each publisher connection sends its next notify when the reply arrives.",
+        records,
+        servers,
+        "s1",
+        lambda r: _k(r["deliveries_per_s"]),
+        lambda r: r["deliveries_per_s"],
+        load="max",
+    )
+    lines += t(
+        "S1 broadcast, max rate: latency p50, p99 (ms)",
+        "From the publisher's send time to a client's receipt.",
+        records,
+        servers,
+        "s1",
+        lambda r: f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+        load="max",
+    )
+    lines += t(
+        "S1 broadcast, max rate: notify replies/s; server CPU %, generator CPU %, frames per client read",
+        "",
+        records,
+        servers,
+        "s1",
+        lambda r: (
+            f"{_k(r['notify']['replies_per_s'])}; {r[cpu]['server_pct']:.0f}, "
+            f"{r[cpu]['gen_pct']:.0f}, {r['frames_per_read']:.1f}"
+        ),
+        load="max",
+    )
+    lines += t(
+        "S1 broadcast, fixed rate: latency p50, p99 (ms)",
+        "Open loop; latency counts from the scheduled send time.",
+        records,
+        servers,
+        "s1",
+        lambda r: f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+        lambda r: r[lat]["p99"],
+        load="fixed",
+        higher_is_better=False,
+    )
+    lines += t(
+        "S1 broadcast, fixed rate: deliveries/s achieved; server CPU %",
+        "",
+        records,
+        servers,
+        "s1",
+        lambda r: f"{_k(r['deliveries_per_s'])}; {r[cpu]['server_pct']:.0f}",
+        load="fixed",
+    )
+    lines += t(
+        "S1: frames counted at the clients vs the server's `delivered` sums (whole run)",
+        "After a drain; any difference is a lost or extra frame.",
+        records,
+        servers,
+        "s1",
+        lambda r: f"{r['totals']['received']} of {r['totals']['delivered_claimed']}",
+    )
+    lines += t(
+        "S2 position chatter: achieved share of N·(N−1)·R deliveries/s",
+        "",
+        records,
+        servers,
+        "s2",
+        lambda r: f"{r['s2']['achieved']:.2f} ({_k(r['deliveries_per_s'])}/s)",
+        lambda r: r["s2"]["achieved"],
+    )
+    lines += t(
+        "S2 position chatter: latency p50, p99 (ms)",
+        "",
+        records,
+        servers,
+        "s2",
+        lambda r: f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+    )
+    lines += t(
+        "S3 idle memory: KB of server RSS per connection",
+        "(RSS with N idle connections − RSS of the same fresh process) / N, summed over the process group.",
+        records,
+        servers,
+        "s3",
+        lambda r: f"{r['kb_per_conn']:.1f}",
+        lambda r: r["kb_per_conn"],
+        higher_is_better=False,
+    )
+    lines += t(
+        "S3 idle memory: RSS MB, fresh → N connections",
+        "",
+        records,
+        servers,
+        "s3",
+        lambda r: f"{r['rss0_kb'] / 1024:.0f} → {r['rss_n_kb'] / 1024:.0f}",
+    )
+    lines += t(
+        "S4 many orgs: deliveries/s; notify replies/s",
+        "Each notify goes to an org picked at random.",
+        records,
+        servers,
+        "s4",
+        lambda r: (
+            f"{r.get('load', '')}: {_k(r['deliveries_per_s'])}; "
+            f"{_k(r['notify']['replies_per_s'])}"
+        ),
+    )
+    lines += t(
+        "S4 many orgs: latency p50, p99 (ms)",
+        "",
+        records,
+        servers,
+        "s4",
+        lambda r: f"{r.get('load', '')}: {_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+    )
+    lines += t(
+        "S5 connection storm: seconds until all N have `connected`; handshake p50, p99 (ms)",
+        "",
+        records,
+        servers,
+        "s5",
+        lambda r: (
+            f"{r['connect']['seconds']:.2f} s; {_ms(r['connect']['handshake_ms']['p50'])}, "
+            f"{_ms(r['connect']['handshake_ms']['p99'])}"
+        ),
+        lambda r: r["connect"]["seconds"],
+        higher_is_better=False,
+    )
+
+    def noise(r: dict[str, Any]) -> str:
+        c = r.get("cpu") or r["connect"]["cpu"]
+        return (
+            f"{c['server_wait_pct']:.1f}, {c['gen_wait_pct']:.1f}, "
+            f"{c['other_pct']:.0f}, {c['steal_pct']:.0f}"
+        )
+
+    for scenario in SCENARIOS:
+        lines += t(
+            f"Noise, {scenario}: server wait %, generator wait %, other CPU %, steal %",
+            "Wait = runnable but not running (/proc/*/schedstat run_delay), % of the window; "
+            "other = CPU used by processes that are neither server nor generator, % of a core.",
+            records,
+            servers,
+            scenario,
+            lambda r: r.get("load", "") + (": " if r.get("load") else "") + noise(r),
+        )
+    ceiling = load_records([out / "ceiling.jsonl"])
+    if ceiling:
+        lines += [
+            "### Generator ceiling (wsblast on the server core, wsgen on its own)",
+            "",
+            "| N | frames per write | frames/s received | generator CPU % | frames per read |",
+            "|---|---|---|---|---|",
+        ]
+        for r in ceiling:
+            lines.append(
+                f"| {r['n']} | {r['batch']} | {_k(r['deliveries_per_s'])} | "
+                f"{r['cpu']['gen_pct']:.0f} | {r['frames_per_read']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(out: Path) -> Path:
+    path = out / "results.md"
+    path.write_text(render_report(out))
+    return path
+
+
+# --------------------------------------------------------------------- main
+
+
+def build_generator() -> None:
+    """``make -C bench/gen``; fails loudly without a C compiler."""
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        raise SystemExit("bench: building gen/wsgen needs make and gcc")
+    subprocess.run(["make", "-s", "-C", str(GEN_DIR)], check=True, timeout=120)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See bench/README.md.",
+    )
+    p.add_argument(
+        "--out", type=Path, default=HERE / "results" / time.strftime("%Y%m%dT%H%M%S")
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="label of the server (default: officerouter, or from --cmd)",
+    )
+    p.add_argument(
+        "--cmd",
+        default=None,
+        help="shell command starting another server in the foreground",
+    )
+    p.add_argument(
+        "--cwd",
+        type=Path,
+        default=Path.cwd(),
+        help="working directory for --cmd and --peer commands",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="another server, run right after the first one for every run "
+        "(repeatable; runs alternate between servers)",
+    )
+    p.add_argument(
+        "--twistd", type=Path, default=None, help="twistd to run officerouter with"
+    )
+    p.add_argument("--scenarios", default="s1,s2,s3,s4,s5")
+    p.add_argument(
+        "--reps", type=int, default=1, help="repetitions (all scenarios, then again)"
+    )
+    p.add_argument(
+        "--rep-start", type=int, default=1, help="label of the first repetition"
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="measurement window, s")
+    p.add_argument(
+        "--warmup", type=float, default=2.0, help="load before the window, s"
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=5.0,
+        help="max wait for in-flight frames after the window, s",
+    )
+    p.add_argument("--s1-n", default="100,1000,5000")
+    p.add_argument("--s1-loads", default="max,fixed")
+    p.add_argument(
+        "--s1-rate", type=float, default=50000, help="S1 fixed load, deliveries/s"
+    )
+    p.add_argument(
+        "--publishers",
+        type=int,
+        default=4,
+        help="keep-alive notify connections (S1, S4)",
+    )
+    p.add_argument("--s2-n", default="50,100,200")
+    p.add_argument("--s2-hz", type=float, default=10)
+    p.add_argument("--s3-n", default="1000,10000")
+    p.add_argument("--s3-settle", type=float, default=3.0)
+    p.add_argument("--s4", default="1000x10", help="ORGSxCLIENTS[,…]")
+    p.add_argument("--s4-loads", default="max,fixed")
+    p.add_argument(
+        "--s4-rate", type=float, default=5000, help="S4 fixed load, deliveries/s"
+    )
+    p.add_argument("--s5-n", default="1000,5000")
+    p.add_argument(
+        "--s5-inflight", type=int, default=128, help="S5 handshakes in flight"
+    )
+    p.add_argument(
+        "--inflight",
+        type=int,
+        default=128,
+        help="handshakes in flight while setting up S1-S4",
+    )
+    p.add_argument("--ready-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="fixed server port (default: a free one per run)",
+    )
+    p.add_argument("--server-cpu", default="0")
+    p.add_argument("--gen-cpu", default="1")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="key pair and token cache (default: OUT/../keys)",
+    )
+    p.add_argument("--token-ttl", type=int, default=6 * 3600)
+    p.add_argument(
+        "--quiet-pct",
+        type=float,
+        default=5.0,
+        help="before a run wait until other work uses < this %% of a core",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="…but at most this long, s (0: do not wait)",
+    )
+    p.add_argument(
+        "--retry-wait-pct",
+        type=float,
+        default=3.0,
+        help="re-run when server or generator waited more than this %% of the window for a core",
+    )
+    p.add_argument("--max-attempts", type=int, default=2)
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny N and ~1 s windows: checks the set-up, measures nothing",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite OUT/results.md and exit"
+    )
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.s1_n, a.s2_n, a.s3_n, a.s4, a.s5_n = "20", "10", "50", "3x4", "50"
+        a.s1_rate, a.s4_rate = 2000.0, 600.0
+        a.s4_loads = "max"
+        a.duration, a.warmup, a.drain, a.s3_settle = 0.6, 0.2, 3.0, 0.2
+        a.quiet_wait, a.max_attempts, a.ready_timeout = 0.0, 1, 20.0
+    a.scenarios = [s for s in a.scenarios.split(",") if s]
+    unknown = set(a.scenarios) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if a.name is None:
+        a.name = (
+            "officerouter" if a.cmd is None else a.cmd.split()[-1].split("/")[-2:][0]
+        )
+    a.peers = []
+    for item in a.peer:
+        name, sep, cmd = item.partition("=")
+        if not sep or not name or not cmd:
+            p.error(f"--peer wants NAME=CMD, not {item!r}")
+        a.peers.append((name, cmd))
+    names = [a.name] + [name for name, _ in a.peers]
+    if len(set(names)) != len(names):
+        p.error(f"server names must differ: {names}")
+    if a.keys is None:
+        a.keys = (HERE / "results" / "keys") if not a.smoke else a.out / "keys"
+    if a.duration <= 0 or a.duration > 600 or a.reps < 1 or a.reps > 20:
+        p.error("--duration must be in (0, 600] and --reps in [1, 20]")
+    return a
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # Unwind through the finally blocks, which stop every process group we started.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    a = parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.report_only:
+        print(write_report(a.out))
+        return 0
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    twistd = a.twistd
+    if a.cmd is None:
+        if twistd is None:
+            local = Path(sys.executable).parent / "twistd"
+            found = shutil.which("twistd")
+            twistd = local if local.exists() else Path(found) if found else None
+        if twistd is None or not twistd.exists():
+            raise SystemExit("bench: no twistd found; pass --twistd or --cmd")
+    # Ask twistd about --ping-interval while the generator builds and tokens sign.
+    ping_off: list[bool] = []
+    probe = threading.Thread(
+        target=lambda: ping_off.append(
+            twistd is not None and twistd_has_option(twistd, "--ping-interval")
+        ),
+        daemon=True,
+    )
+    if a.cmd is None:
+        probe.start()
+    build_generator()
+    run_plans = plans(a)
+    largest = max((p.n for p in run_plans), default=0)
+    if largest + 200 > hard:
+        log(f"warning: open-files limit {hard} is low for N={largest}")
+    public_pem = public_key(a.keys)
+    need: dict[int, int] = {}
+    for plan in run_plans:
+        need[plan.orgs] = max(need.get(plan.orgs, 0), plan.n)
+    token_paths = {
+        orgs: token_file(a.keys, users, orgs, a.token_ttl)
+        for orgs, users in need.items()
+    }
+    specs = []
+    for name, cmd in [(a.name, a.cmd), *a.peers]:
+        scratch = a.out / f"{name}.scratch"
+        scratch.mkdir(exist_ok=True)
+        spec = ServerSpec(
+            name=name,
+            cmd=cmd,
+            cwd=a.cwd.resolve(),
+            twistd=twistd,
+            cf_id="bench-client",
+            cf_secret=secrets.token_hex(16),
+            public_pem=public_pem,
+            scratch=scratch.resolve(),
+            settle=0.1 if a.smoke else 1.0,
+        )
+        if cmd is None:
+            probe.join(timeout=90)
+            spec.ping_off = bool(ping_off and ping_off[0])
+        log(f"server {name}: {spec.describe()}")
+        specs.append(spec)
+    log(f"{len(run_plans)} runs x {len(specs)} server(s) x {a.reps} rep(s) -> {a.out}")
+    for rep in range(a.rep_start, a.rep_start + a.reps):
+        for plan in run_plans:
+            for spec in specs:
+                run_plan(a, spec, plan, rep, token_paths[plan.orgs])
+    path = write_report(a.out)
+    log(f"wrote {a.out / 'results.jsonl'} and {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Limits against abuse, as plain objects: rate limiting, outgoing buffers, origins.
+
+Sans-IO: time comes in as a ``now`` callable; the WebSocket adapter wires these to
+a connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterable
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Per-process limits; docs/configuration.md lists each with its flag."""
+
+    max_message_bytes: int = 65536
+    max_body_bytes: int = 65536
+    rate: float = 20.0
+    burst: int = 40
+    flood_seconds: float = 5.0
+    max_connections_per_user: int = 10
+    max_connections_per_org: int = 10_000
+    max_connections: int = 50_000
+    soft_buffer_bytes: int = 256 * 1024
+    hard_buffer_bytes: int = 1024 * 1024
+    #: SO_SNDBUF for WebSocket sockets; 0 leaves the kernel's autotuning on.
+    socket_send_buffer: int = 0
+
+
+class Verdict(enum.Enum):
+    """What to do with one client frame."""
+
+    ALLOW = "allow"
+    #: Drop it and tell the client (first drop of a burst).
+    DROP_AND_WARN = "drop_and_warn"
+    #: Drop it silently (already warned in this burst).
+    DROP = "drop"
+    #: The client kept flooding past the limit: close with 1008.
+    CLOSE = "close"
+
+
+class FloodGuard:
+    """A token bucket per connection, plus flood detection.
+
+    A frame takes one token; the bucket refills at ``rate`` tokens a second up to
+    ``burst``.  Frames over the limit are dropped; the first drop of a burst is
+    answered with one ``rate_limited`` error, later ones silently.  A burst ends
+    after one second without drops; a burst lasting ``flood_seconds`` closes the
+    connection.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, flood_seconds: float, now: Callable[[], float]
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._flood_seconds = flood_seconds
+        self._now = now
+        self._tokens = float(burst)
+        self._last = now()
+        self._burst_started: float | None = None
+        self._last_drop = 0.0
+
+    def check(self) -> Verdict:
+        """Account for one incoming frame."""
+        now = self._now()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._burst_started is not None and now - self._last_drop > 1.0:
+            self._burst_started = None
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return Verdict.ALLOW
+        self._last_drop = now
+        if self._burst_started is None:
+            self._burst_started = now
+            return Verdict.DROP_AND_WARN
+        if now - self._burst_started >= self._flood_seconds:
+            return Verdict.CLOSE
+        return Verdict.DROP
+
+
+class Outbox:
+    """Frames waiting for a connection whose transport is not taking more.
+
+    Below ``soft_limit`` bytes every frame is kept.  Above it, a frame with a
+    supersede key (a sender's position) replaces the same key's queued frame:
+    only the latest position of each user matters.  Other frames are never
+    dropped; past ``hard_limit`` the caller must close the connection.
+    """
+
+    def __init__(self, soft_limit: int, hard_limit: int) -> None:
+        self._soft = soft_limit
+        self._hard = hard_limit
+        self._frames: list[bytes | None] = []
+        self._latest: dict[str, int] = {}
+        self.size = 0
+        self.superseded = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def push(self, frame: bytes, supersede_key: str | None = None) -> bool:
+        """Queue a frame.
+
+        :returns: ``False`` when the queue is past the hard limit.
+        """
+        if supersede_key is not None:
+            if self.size + len(frame) > self._soft:
+                index = self._latest.get(supersede_key)
+                if index is not None:
+                    old = self._frames[index]
+                    assert old is not None
+                    self._frames[index] = None
+                    self.size -= len(old)
+                    self.superseded += 1
+            self._latest[supersede_key] = len(self._frames)
+        self._frames.append(frame)
+        self.size += len(frame)
+        return self.size <= self._hard
+
+    def take(self) -> bytes:
+        """Everything queued, in order, as one write; the queue is emptied."""
+        frames = self._frames
+        if len(frames) == 1 and frames[0] is not None:
+            data = frames[0]
+        else:
+            data = b"".join(f for f in frames if f is not None)
+        self.clear()
+        return data
+
+    def clear(self) -> None:
+        """Forget everything queued."""
+        self._frames = []
+        self._latest.clear()
+        self.size = 0
+
+
+class OriginPolicy:
+    """An allow-list of browser origins (``https://app.example.com``, ``https://*.example.com``).
+
+    An empty list allows every origin.  Requests without an ``Origin`` header
+    (non-browser clients) are always allowed: the token is what authenticates.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(
+            p.strip().lower().rstrip("/") for p in patterns if p.strip()
+        )
+        self._regexes = tuple(
+            re.compile("^" + re.escape(p).replace(r"\*\.", r"(?:[a-z0-9-]+\.)+") + "$")
+            for p in self.patterns
+        )
+
+    def allows(self, origin: str | None) -> bool:
+        """Whether a handshake with this ``Origin`` header may proceed."""
+        if not self._regexes or not origin:
+            return True
+        candidate = origin.strip().lower().rstrip("/")
+        return any(r.match(candidate) for r in self._regexes)

@@ -1,0 +1,66 @@
+"""The benchmark suite runs end to end against the installed daemon (tiny N)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+
+
+@pytest.mark.e2e
+def test_bench_smoke(tmp_path: Path) -> None:
+    """A smoke run of every scenario delivers frames with no errors, and S1's client counts equal the server's delivered sums."""
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.fail(
+            "the benchmark's load generator needs gcc and make (apt-get install gcc make)"
+        )
+    subprocess.run(["make", "-s", "-C", str(BENCH / "gen")], check=True, timeout=120)
+    twistd = Path(sys.executable).parent / "twistd"
+    assert twistd.exists(), f"officerouter is not installed beside {sys.executable}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--twistd",
+            str(twistd),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert {r["scenario"] for r in records} == {"s1", "s2", "s3", "s4", "s5"}
+    for r in records:
+        assert "failed" not in r, r
+        assert r["server_alive"], r["scenario"]
+        assert r["errors"]["total"] == 0, (
+            r["scenario"],
+            r["errors"],
+            r["generator_stderr"],
+        )
+        assert r["ready"] == r["n"], r["scenario"]
+        if r["scenario"] in ("s1", "s2", "s4"):
+            assert r["deliveries"] > 0, r["scenario"]
+        if r["scenario"] in ("s1", "s4"):
+            totals = r["totals"]
+            assert totals["delivered_claimed"] > 0
+            assert totals["received"] == totals["delivered_claimed"], totals
+            assert r["notify"]["lost_replies"] == 0
+        if r["scenario"] == "s2":
+            assert r["s2"]["received_total"] == r["s2"]["expected_total"]
+        if r["scenario"] == "s3":
+            assert r["kb_per_conn"] is not None
+    assert (tmp_path / "results.md").read_text().startswith("# Benchmark results")

@@ -1,0 +1,430 @@
+"""Limits, keepalive and backpressure over real loopback sockets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+import pytest_twisted
+from twisted.internet import reactor, task
+
+pytestmark = pytest.mark.e2e
+
+
+async def _sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await _sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+class RawClient:
+    """A WebSocket client on a plain socket that reads only when told to.
+
+    Its receive buffer is small, so a server writing to it fills up quickly.
+    """
+
+    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                "GET /websocket HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {token}\r\n\r\n"
+            ).encode()
+        )
+        self.buffer = b""
+
+    def read_available(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            if not data:
+                chunks.append(b"")
+                break
+            chunks.append(data)
+        got = b"".join(chunks)
+        self.buffer += got
+        return got
+
+    async def handshake(self) -> None:
+        await _until(
+            lambda: self.read_available() is not None and b"\r\n\r\n" in self.buffer
+        )
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """Parse whole frames out of what was read so far: (opcode, payload)."""
+        out = []
+        buf = self.buffer
+        while len(buf) >= 2:
+            opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
+            offset = 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, offset = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, offset = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < offset + n:
+                break
+            out.append((opcode, buf[offset : offset + n]))
+            buf = buf[offset + n :]
+        self.buffer = buf
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _room_updated(org: str, i: int) -> dict:
+    return {
+        "orgId": org,
+        "routing": "broadcast",
+        "type": "room_updated",
+        "payload": {"roomId": f"r{i}", "name": "x" * 150},
+    }
+
+
+@pytest.mark.parametrize(
+    "router_options",
+    [
+        {
+            "soft_buffer_bytes": 4096,
+            "hard_buffer_bytes": 32768,
+            "socket_send_buffer": 4096,
+        }
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_client_that_stops_reading_is_closed_1013_and_freed(router, token):
+    """A client that never reads is closed with 1013 once its queue passes the hard limit."""
+    slow = RawClient(router.port.getHost().port, token("slow", "org-a"))
+    try:
+        await slow.handshake()
+        await _until(lambda: router.registry.connection_count == 1)
+        fast = await router.connect(token("fast", "org-a"))
+        for i in range(600):
+            status, _ = await router.notify(_room_updated("org-a", i))
+            assert status == 200
+            if router.registry.user_connection_count("org-a", "slow") == 0:
+                break
+        # The slow client was dropped; the fast one got every message.
+        await _until(
+            lambda: router.registry.user_connection_count("org-a", "slow") == 0
+        )
+        for n in range(i + 1):
+            frame = await fast.next()
+            assert frame["payload"]["roomId"] == f"r{n}"
+        await router.barrier(fast)
+        # What the slow client eventually reads ends with a 1013 close frame.
+        await _until(
+            lambda: (slow.read_available() or True) and b"\x88" in slow.buffer[-64:]
+        )
+        frames = slow.frames()
+        assert frames[-1][0] == 0x8
+        assert struct.unpack("!H", frames[-1][1][:2])[0] == 1013
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize(
+    "router_options",
+    [
+        {
+            "soft_buffer_bytes": 2048,
+            "hard_buffer_bytes": 1 << 20,
+            "socket_send_buffer": 4096,
+            "rate": 1000,
+            "burst": 1000,
+        }
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_slow_client_skips_old_positions_but_gets_every_backend_message(
+    router, token
+):
+    """A client that reads late gets all backend messages and each sender's latest position."""
+    slow = RawClient(router.port.getHost().port, token("slow", "org-a"), rcvbuf=2048)
+    try:
+        await slow.handshake()
+        movers = [await router.connect(token(f"mover-{m}", "org-a")) for m in range(6)]
+        for step in range(300):
+            for m, mover in enumerate(movers):
+                mover.send_json(
+                    {"type": "position_update", "payload": {"x": step, "y": m}}
+                )
+            if step % 30 == 0:
+                await router.notify(_room_updated("org-a", step))
+            await _sleep(0)
+        await router.notify(_room_updated("org-a", 999))
+        await _sleep(0.3)
+        # Now read everything the server kept for the slow client.
+        texts = []
+        for _ in range(200):
+            slow.read_available()
+            texts += [json.loads(p) for op, p in slow.frames() if op == 1]
+            if any(t.get("payload", {}).get("roomId") == "r999" for t in texts):
+                break
+            await _sleep(0.02)
+        backend = [t["payload"]["roomId"] for t in texts if t["type"] == "room_updated"]
+        assert backend == [f"r{s}" for s in range(0, 300, 30)] + ["r999"]
+        positions = [t for t in texts if t["type"] == "position_update"]
+        assert len(positions) < 6 * 300, "nothing was superseded"
+        last = {}
+        for p in positions:
+            last[p["from"]] = p["payload"]["x"]
+        assert last == {f"mover-{m}": 299 for m in range(6)}
+        assert router.registry.user_connection_count("org-a", "slow") == 1
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize(
+    "router_options", [{"ping_interval": 0.5, "ping_timeout": 1.0}]
+)
+@pytest_twisted.ensureDeferred
+async def test_peer_that_does_not_answer_pings_is_dropped(router, token):
+    """A peer that never answers a ping is dropped and leaves its room."""
+    silent = RawClient(router.port.getHost().port, token("silent", "org-a"))
+    try:
+        await silent.handshake()
+        await _until(lambda: router.registry.connection_count == 1)
+        await _until(lambda: router.registry.connection_count == 0, timeout=5)
+        assert router.registry.room_count == 0
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    "router_options", [{"ping_interval": 0.5, "ping_timeout": 1.0}]
+)
+@pytest_twisted.ensureDeferred
+async def test_peer_that_answers_pings_stays(router, token):
+    """An Autobahn client answers pings and stays connected across many intervals."""
+    client = await router.connect(token("alive", "org-a"))
+    await _sleep(2.5)
+    assert router.registry.connection_count == 1
+    _status, body = await router.notify(_room_updated("org-a", 1))
+    assert body["delivered"] == 1
+    assert (await client.next())["type"] == "room_updated"
+
+
+@pytest.mark.parametrize(
+    "router_options", [{"rate": 5, "burst": 5, "flood_seconds": 1}]
+)
+@pytest_twisted.ensureDeferred
+async def test_rate_limit_warns_once_then_closes_a_flooder_1008(router, token):
+    """Frames past the burst get one rate_limited error; a flood lasting past the limit closes 1008."""
+    flooder = await router.connect(token("flooder", "org-a"))
+    watcher = await router.connect(token("watcher", "org-a"))
+    for i in range(20):
+        flooder.send_json({"type": "position_update", "payload": {"x": i, "y": 0}})
+    error = await flooder.next_of("error")
+    assert error["payload"]["code"] == "rate_limited"
+    relayed = 0
+    while True:
+        try:
+            frame = await watcher.next(timeout=0.3)
+        except Exception:
+            break
+        relayed += frame["type"] == "position_update"
+    assert relayed == 5
+    for _ in range(40):
+        if flooder.state != flooder.STATE_OPEN:
+            break
+        flooder.send_json({"type": "position_update", "payload": {"x": 0, "y": 0}})
+        await _sleep(0.05)
+    code, _ = await flooder.wait_closed()
+    assert code == 1008
+    errors = [f for f in flooder.frames.pending if f["type"] == "error"]
+    assert errors == [], "only one rate_limited error per burst"
+
+
+@pytest.mark.parametrize("router_options", [{"max_connections_per_user": 2}])
+@pytest_twisted.ensureDeferred
+async def test_connections_per_user_cap_answers_429(router, token):
+    """A user's third connection to an org is refused with 429 before the upgrade."""
+    await router.connect(token("alice", "org-a"))
+    await router.connect(token("alice", "org-a"))
+    status, phrase = await router.handshake(
+        {"Sec-WebSocket-Protocol": token("alice", "org-a")}
+    )
+    assert (status, phrase) == (429, b"too many connections for this user")
+    # Another user, and the same user in another org, are not affected.
+    await router.connect(token("bob", "org-a"))
+    await router.connect(token("alice", "org-b"))
+
+
+@pytest.mark.parametrize("router_options", [{"max_connections_per_org": 2}])
+@pytest_twisted.ensureDeferred
+async def test_connections_per_org_cap_answers_429(router, token):
+    """An org at its cap refuses another connection with 429; other orgs still connect."""
+    await router.connect(token("a", "org-a"))
+    await router.connect(token("b", "org-a"))
+    status, phrase = await router.handshake(
+        {"Sec-WebSocket-Protocol": token("c", "org-a")}
+    )
+    assert (status, phrase) == (429, b"too many connections for this org")
+    await router.connect(token("c", "org-b"))
+
+
+@pytest.mark.parametrize("router_options", [{"max_connections": 2}])
+@pytest_twisted.ensureDeferred
+async def test_process_cap_answers_503(router, token):
+    """A process at its connection cap refuses with 503."""
+    await router.connect(token("a", "org-a"))
+    await router.connect(token("b", "org-b"))
+    status, phrase = await router.handshake(
+        {"Sec-WebSocket-Protocol": token("c", "org-c")}
+    )
+    assert (status, phrase) == (503, b"server at connection capacity")
+
+
+@pytest.mark.parametrize(
+    "router_options", [{"allowed_origins": ["https://office.example.com"]}]
+)
+@pytest_twisted.ensureDeferred
+async def test_origin_allow_list(router, token):
+    """With an allow-list, a browser from another origin is refused 403; listed and absent origins pass."""
+    status, phrase = await router.handshake(
+        {"Sec-WebSocket-Protocol": token(), "Origin": "https://evil.example"}
+    )
+    assert (status, phrase) == (403, b"origin not allowed")
+    await router.connect(token("a"), headers={"Origin": "https://office.example.com"})
+    await router.connect(token("b"))
+
+
+@pytest.mark.parametrize("router_options", [{"http_timeout": 0.5}])
+@pytest_twisted.ensureDeferred
+async def test_idle_http_connection_times_out_but_websocket_stays(router, token):
+    """An idle HTTP connection is dropped after the HTTP timeout; an upgraded WebSocket is not."""
+    client = await router.connect(token("alice", "org-a"))
+    idle = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    idle.setblocking(False)
+    try:
+        idle.sendall(b"POST /internal/notify HTTP/1.1\r\nHost: x\r\n")  # never finished
+
+        def closed() -> bool:
+            try:
+                return idle.recv(1024) == b""
+            except BlockingIOError:
+                return False
+
+        await _until(closed, timeout=3)
+    finally:
+        idle.close()
+    await _sleep(0.7)
+    _status, body = await router.notify(_room_updated("org-a", 1))
+    assert body["delivered"] == 1
+    assert (await client.next())["type"] == "room_updated"
+
+
+@pytest.mark.parametrize("router_options", [{"max_body_bytes": 1024}])
+@pytest_twisted.ensureDeferred
+async def test_oversized_body_is_refused_before_it_is_read(router):
+    """A declared body over the limit gets 413 at once, without the server reading it."""
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    try:
+        sock.sendall(
+            b"POST /internal/notify HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+            + b"{"
+            * 1000
+        )
+        got = b""
+
+        def answered() -> bool:
+            nonlocal got
+            with contextlib.suppress(BlockingIOError):
+                got += sock.recv(65536)
+            return b"\r\n\r\n" in got
+
+        await _until(answered)
+        assert got.startswith(b"HTTP/1.1 413 ")
+        body = json.loads(got.partition(b"\r\n\r\n")[2])
+        assert body["error"] == "payload_too_large"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("router_options", [{"max_body_bytes": 1024}])
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_over_the_limit_is_cut_off_with_413(router):
+    """A chunked body is refused with 413 as soon as it passes the limit."""
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    try:
+        chunk = b"a" * 600
+        sock.sendall(
+            b"POST /internal/notify HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"258\r\n" + chunk + b"\r\n")
+            * 2
+        )
+        got = b""
+
+        def answered() -> bool:
+            nonlocal got
+            with contextlib.suppress(BlockingIOError):
+                got += sock.recv(65536)
+            return b"\r\n\r\n" in got
+
+        await _until(answered)
+        assert got.startswith(b"HTTP/1.1 413 ")
+        assert got.count(b"HTTP/1.1") == 1
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_is_off_by_default(router, token):
+    """A client offering permessage-deflate gets plain frames unless the option is on."""
+    client = await router.connect(token("alice", "org-a"), deflate=True)
+    assert client._perMessageCompress is None
+    await router.notify(_room_updated("org-a", 1))
+    assert (await client.next())["payload"]["roomId"] == "r1"
+
+
+@pytest.mark.parametrize("router_options", [{"permessage_deflate": True}])
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_when_enabled(router, token):
+    """With the option on, deflate clients and plain clients both get every message."""
+    deflating = await router.connect(token("alice", "org-a"), deflate=True)
+    plain = await router.connect(token("bob", "org-a"))
+    assert deflating._perMessageCompress is not None
+    assert plain._perMessageCompress is None
+    for i in range(3):
+        await router.notify(_room_updated("org-a", i))
+    plain.send_json({"type": "position_update", "payload": {"x": 1, "y": 2}})
+    for client in (deflating, plain):
+        assert [(await client.next())["payload"]["roomId"] for _ in range(3)] == [
+            "r0",
+            "r1",
+            "r2",
+        ]
+    assert (await deflating.next())["from"] == "bob"

@@ -1,0 +1,466 @@
+"""A real router on loopback and real clients for it, used by the e2e tests.
+
+The router runs in the test process with the real Site, Autobahn factory and
+registry; clients are real Autobahn WebSocket clients and HTTP goes through treq
+with ``persistent=False``.  :class:`ServerConnections` follows the server's TCP
+connections so that teardown (and tests) can wait for them to go instead of
+sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from types import EllipsisType
+from typing import Any
+
+import attrs
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from twisted.internet import endpoints, reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.web.http_headers import Headers
+
+from officerouter.auth import TokenVerifier
+from officerouter.catalog import BUILTIN
+from officerouter.config import Settings
+from officerouter.history import HistoryBounds
+from officerouter.limits import Limits, OriginPolicy
+from officerouter.rooms import OrgRegistry
+from officerouter.web import make_site
+from officerouter.websocket import OfficeServerFactory
+
+SERVICE_ID = "test-client-id"
+SERVICE_SECRET = "test-client-secret-0123456789"
+TIMEOUT = 5.0
+
+
+class ConnectionRefusedByServer(Exception):
+    """The opening handshake did not succeed."""
+
+
+#: Frames about who is online (docs/presence-and-recovery.md).
+PRESENCE_TYPES = frozenset(
+    {"presence", "user_joined", "user_left", "user_role_changed"}
+)
+
+
+class Client(WebSocketClientProtocol):
+    """A real WebSocket client that queues every frame it receives, decoded.
+
+    Tests of routing look at content: by default presence frames go to
+    ``presence`` instead of ``frames``, and each frame's stream number ``seq`` is
+    taken out and kept in ``seqs``.  A client opened with ``full=True`` queues
+    every frame in ``frames`` exactly as received.
+    """
+
+    welcome: dict[str, Any]
+    full = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: DeferredQueue[dict[str, Any]] = DeferredQueue()
+        self.presence: DeferredQueue[dict[str, Any]] = DeferredQueue()
+        self.seqs: list[int] = []
+        self.raw: list[bytes] = []
+        self.closed: Deferred[tuple[int | None, str | None]] = Deferred()
+        self.close_code: int | None = None
+
+    @property
+    def user_id(self) -> str:
+        """The user the server said this connection belongs to."""
+        return str(self.welcome["payload"]["userId"])
+
+    @property
+    def org_id(self) -> str:
+        """The org the server said this connection belongs to."""
+        return str(self.welcome["payload"]["orgId"])
+
+    @property
+    def open_now(self) -> bool:
+        """Whether the WebSocket is open (not closing or closed)."""
+        return bool(self.state == self.STATE_OPEN)
+
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.raw.append(payload)
+        frame = json.loads(payload)
+        if not self.full:
+            if frame.get("type") in PRESENCE_TYPES:
+                self.presence.put(frame)
+                return
+            if "seq" in frame:
+                self.seqs.append(frame.pop("seq"))
+        self.frames.put(frame)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionRefusedByServer(code, reason))
+        if not self.closed.called:
+            self.closed.callback((code, reason))
+
+    async def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame, or fail after ``timeout`` seconds."""
+        d = self.frames.get()
+        d.addTimeout(timeout, reactor)
+        return await d
+
+    async def next_of(self, type_: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame of a given type, skipping others."""
+        while True:
+            frame = await self.next(timeout)
+            if frame["type"] == type_:
+                return frame
+
+    def pending(self) -> list[dict[str, Any]]:
+        """The frames received and not yet taken."""
+        return list(self.frames.pending)
+
+    def send_json(self, value: Any) -> None:
+        """Send a text frame holding ``value`` as JSON."""
+        self.sendMessage(json.dumps(value).encode())
+
+    async def wait_closed(
+        self, timeout: float = TIMEOUT
+    ) -> tuple[int | None, str | None]:
+        """Wait for the connection to close; returns (code, reason)."""
+        d: Deferred[tuple[int | None, str | None]] = Deferred()
+        self.closed.addBoth(lambda r: (d.callback(r), r)[1])
+        d.addTimeout(timeout, reactor)
+        return await d
+
+
+class FullClient(Client):
+    """A client that queues every frame, presence and ``seq`` included."""
+
+    full = True
+
+
+class ServerConnections:
+    """The router's TCP connections as the server sees them, with change events.
+
+    Each connection is known by its transport: it opens when twisted.web's channel
+    is connected, and ends when whichever protocol holds the transport last (the
+    HTTP channel, or the WebSocket protocol it was handed to) loses it.
+    """
+
+    def __init__(self) -> None:
+        self.open: set[object] = set()
+        self._waiters: list[Deferred[None]] = []
+
+    def track(self, factory: Factory) -> None:
+        """Watch every protocol the factory builds (patched on this instance)."""
+        build = factory.buildProtocol
+
+        def buildProtocol(addr: Any) -> Any:
+            protocol = build(addr)
+            if protocol is not None:
+                self._watch(protocol)
+            return protocol
+
+        factory.buildProtocol = buildProtocol  # type: ignore[method-assign]
+
+    def _watch(self, protocol: Any) -> None:
+        make, lost = protocol.makeConnection, protocol.connectionLost
+        held: list[object] = []
+
+        def makeConnection(transport: object) -> None:
+            held.append(transport)
+            self.open.add(transport)
+            self.changed()
+            make(transport)
+
+        def connectionLost(reason: Any) -> None:
+            try:
+                lost(reason)
+            finally:
+                for transport in held:
+                    self.open.discard(transport)
+                self.changed()
+
+        protocol.makeConnection = makeConnection
+        protocol.connectionLost = connectionLost
+
+    def changed(self) -> None:
+        """Wake everything waiting in :meth:`wait_change`."""
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def wait_change(self) -> Deferred[None]:
+        """Fire at the next connection opened or lost."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+@attrs.define
+class HTTPResult:
+    """A response read whole: status, headers, body, and the body as JSON if it is."""
+
+    code: int
+    headers: Headers
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+@attrs.define
+class Router:
+    """A router listening on loopback, and the clients tests opened against it."""
+
+    registry: OrgRegistry
+    port: IListeningPort
+    connections: ServerConnections
+    #: The service token the router expects; ``notify`` sends it by default.
+    service_id: str = SERVICE_ID
+    service_secret: str = SERVICE_SECRET
+    clients: list[Client] = attrs.Factory(list)
+    _markers: Iterator[int] = attrs.Factory(itertools.count)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port.getHost().port}/websocket"
+
+    async def connect(
+        self,
+        token: str | None = None,
+        *,
+        protocols: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        query: str = "",
+        first: bool = True,
+        full: bool = False,
+        deflate: bool = False,
+    ) -> Client:
+        """Open a WebSocket with a token; returns the client once open.
+
+        With ``first`` the ``connected`` frame is awaited and kept in ``welcome``.
+        With ``full`` every frame is queued as received (see :class:`Client`).
+        With ``deflate`` the client offers permessage-deflate.
+
+        :raises ConnectionRefusedByServer: when the handshake fails.
+        """
+        if protocols is None:
+            protocols = [token] if token is not None else []
+        factory = WebSocketClientFactory(
+            self.ws_url + query, protocols=protocols, headers=headers or {}
+        )
+        factory.protocol = FullClient if full else Client
+        if deflate:
+            factory.setProtocolOptions(
+                perMessageCompressionOffers=[PerMessageDeflateOffer()],
+                perMessageCompressionAccept=lambda response: (
+                    PerMessageDeflateResponseAccept(response)
+                    if isinstance(response, PerMessageDeflateResponse)
+                    else None
+                ),
+            )
+        factory.opened = Deferred()
+        factory.opened.addTimeout(TIMEOUT, reactor)
+        endpoint = endpoints.TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.port.getHost().port
+        )
+        protocol = await endpoint.connect(factory)
+        self.clients.append(protocol)
+        client: Client = await factory.opened
+        if first:
+            client.welcome = await client.next()
+            assert client.welcome["type"] == "connected"
+        return client
+
+    async def http(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> HTTPResult:
+        """One HTTP request on its own connection, read whole."""
+        response = await treq.request(
+            method,
+            self.base + path,
+            data=data,
+            headers=headers or {},
+            persistent=False,
+        )
+        content = await response.content()
+        return HTTPResult(response.code, response.headers, content)
+
+    async def notify(
+        self,
+        body: Any,
+        *,
+        client_id: str | EllipsisType | None = ...,
+        secret: str | EllipsisType | None = ...,
+        content_type: str | None = "application/json",
+        method: str = "POST",
+    ) -> tuple[int, Any]:
+        """POST /internal/notify; returns (status, decoded JSON body or raw bytes).
+
+        The service token is the router's unless ``client_id``/``secret`` say
+        otherwise (``None`` leaves a header out).
+        """
+        if client_id is ...:
+            client_id = self.service_id
+        if secret is ...:
+            secret = self.service_secret
+        headers: dict[str, str] = {}
+        if client_id is not None:
+            headers["CF-Access-Client-Id"] = client_id
+        if secret is not None:
+            headers["CF-Access-Client-Secret"] = secret
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        result = await self.http(method, "/internal/notify", headers=headers, data=data)
+        try:
+            return result.code, result.json()
+        except ValueError:
+            return result.code, result.content
+
+    async def health(self) -> dict[str, Any]:
+        """GET /healthz, which must answer 200 with JSON."""
+        result = await self.http("GET", "/healthz")
+        assert result.code == 200
+        body: dict[str, Any] = result.json()
+        return body
+
+    async def counts(self) -> tuple[int, int]:
+        """``(connections, rooms)`` as /healthz reports them."""
+        body = await self.health()
+        assert body["ok"] is True
+        return body["connections"], body["rooms"]
+
+    async def handshake(self, headers: dict[str, str]) -> tuple[int, bytes]:
+        """Send a raw WebSocket upgrade request; returns the status line's code and phrase."""
+        all_headers = {
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        all_headers.update(headers)
+        response = await treq.get(
+            self.base + "/websocket", headers=all_headers, persistent=False
+        )
+        phrase: bytes = response.phrase
+        await response.content()
+        return response.code, phrase
+
+    async def barrier(self, *clients: Client) -> None:
+        """Prove that nothing else is on its way to these clients.
+
+        A direct marker goes to each of their users; since a connection receives
+        frames in the order the server handled them, the marker being the next
+        frame on every connection of those users means nothing was sent to them
+        in between.  Every open connection of those users must be listed or not,
+        it takes the marker either way.
+        """
+        marker = f"barrier-{next(self._markers)}"
+        expected = {"type": "room_updated", "payload": {"roomId": marker, "name": "-"}}
+        users = {(c.org_id, c.user_id) for c in clients}
+        tabs = [
+            c
+            for c in self.clients
+            if c.open_now and hasattr(c, "welcome") and (c.org_id, c.user_id) in users
+        ]
+        for org_id, user_id in sorted(users):
+            status, body = await self.notify(
+                {
+                    "orgId": org_id,
+                    "routing": "direct",
+                    "type": "room_updated",
+                    "targets": [user_id],
+                    "payload": expected["payload"],
+                }
+            )
+            assert status == 200, body
+        for tab in tabs:
+            frame = await tab.next()
+            assert frame == expected, f"{tab.user_id} got {frame} before the barrier"
+
+    async def until(
+        self, predicate: Callable[[], bool], timeout: float = TIMEOUT
+    ) -> None:
+        """Wait until ``predicate()`` holds, checked whenever a connection comes or goes."""
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            left = deadline - reactor.seconds()
+            assert left > 0, "timed out waiting for the server's connections"
+            d = self.connections.wait_change()
+            d.addTimeout(left, reactor)
+            await d
+
+    async def close(self) -> None:
+        """Close every client and wait until the server has no connection left."""
+        for client in self.clients:
+            if client.open_now:
+                client.sendClose()
+        for client in self.clients:
+            if not client.closed.called:
+                await client.wait_closed()
+        await self.until(lambda: not self.connections.open)
+        await self.port.stopListening()
+        # Presence grace and idle-room timers would otherwise outlive the test.
+        await self.registry.stop()
+
+
+def build_router_parts(
+    settings: Settings, **options: Any
+) -> tuple[OrgRegistry, OfficeServerFactory, Any]:
+    """Registry, WebSocket factory and Site as makeService builds them.
+
+    :param options: ``auto_knock``, ``ban_memory``, ``ping_interval``,
+        ``ping_timeout``, ``handshake_timeout``, ``allowed_origins`` (a list),
+        ``http_timeout``, and any field of :class:`~officerouter.limits.Limits`.
+    """
+    registry = OrgRegistry(
+        BUILTIN,
+        clock=reactor,
+        auto_knock=options.pop("auto_knock", False),
+        ban_memory=options.pop("ban_memory", 3600.0),
+        presence_grace=options.pop("presence_grace", 5.0),
+        history=options.pop("history", HistoryBounds()),
+    )
+    verifier = TokenVerifier(settings.verify_keys, reactor.seconds)
+    limit_names = {field.name for field in attrs.fields(Limits)}
+    limits = Limits(**{k: options.pop(k) for k in list(options) if k in limit_names})
+    factory = OfficeServerFactory(
+        registry=registry,
+        verifier=verifier,
+        clock=reactor,
+        limits=limits,
+        origins=OriginPolicy(options.pop("allowed_origins", ())),
+        ping_interval=options.pop("ping_interval", 0),
+        ping_timeout=options.pop("ping_timeout", 10),
+        open_handshake_timeout=options.pop("handshake_timeout", 10.0),
+        permessage_deflate=options.pop("permessage_deflate", False),
+    )
+    site = make_site(
+        registry,
+        settings,
+        factory,
+        max_body_bytes=limits.max_body_bytes,
+        http_timeout=options.pop("http_timeout", 30.0),
+    )
+    assert not options, f"unknown options {options}"
+    return registry, factory, site

@@ -1,0 +1,1 @@
+"""Unit tests of the sans-IO core: no sockets, no real time."""

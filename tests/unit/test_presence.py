@@ -1,0 +1,334 @@
+"""Presence, sans IO: who is online, grace periods and role changes, on a Clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from twisted.internet.task import Clock
+
+from officerouter import codes
+from officerouter.messages import (
+    ClientMessage,
+    Notification,
+    PositionUpdate,
+    RoomUpdated,
+    UserBanned,
+    UserUpdated,
+)
+from officerouter.rooms import OrgRegistry, Session
+
+from .fakes import PRESENCE_TYPES, FakeConnection, identity, make_registry
+
+
+class Recorder(FakeConnection):
+    """A fake connection that can also forget what it saw."""
+
+    @property
+    def types(self) -> list[str]:
+        """The type of every frame sent so far."""
+        return [frame["type"] for frame in self.frames]
+
+    def clear(self) -> None:
+        """Forget what was sent so far."""
+        self.events.clear()
+
+
+@pytest.fixture
+def registry(clock: Clock) -> OrgRegistry:
+    """A registry with the default five-second grace period, on the test clock."""
+    return make_registry(clock)
+
+
+def join(
+    registry: OrgRegistry, user: str, role: str = "member", since: str | None = None
+) -> tuple[Recorder, Session]:
+    """Connect a fake connection for ``user`` in org-a."""
+    connection = Recorder()
+    session = registry.connect(identity(user, "org-a", role), connection, since=since)
+    return connection, session
+
+
+def move(registry: OrgRegistry, session: Session, x: float, y: float) -> None:
+    """Send a position_update from a session."""
+    registry.receive(
+        session,
+        ClientMessage(
+            type="position_update", payload=PositionUpdate(x=x, y=y, roomId="hall")
+        ),
+    )
+
+
+def role_change(user: str, role: str, routing: str = "broadcast") -> Notification:
+    """A user_updated notification."""
+    return Notification(
+        org_id="org-a",
+        routing=routing,  # type: ignore[arg-type]
+        type="user_updated",
+        payload=UserUpdated(userId=user, role=role),
+        targets=(user,) if routing == "direct" else (),
+    )
+
+
+def broadcast() -> Notification:
+    """A room_updated broadcast."""
+    return Notification(
+        org_id="org-a",
+        routing="broadcast",
+        type="room_updated",
+        payload=RoomUpdated(roomId="r1", name="Hall"),
+    )
+
+
+def presence_frames(connection: FakeConnection) -> list[dict[str, Any]]:
+    """The presence frames a connection received, in order."""
+    return [f for f in connection.frames if f["type"] in PRESENCE_TYPES]
+
+
+def entry(user: str, role: str = "member", connections: int = 1, position=None):
+    """A user as presence frames describe them."""
+    return {
+        "userId": user,
+        "role": role,
+        "connections": connections,
+        "position": position,
+    }
+
+
+HALL = {"x": 3, "y": 4, "roomId": "hall"}
+
+
+def test_snapshot_follows_connected_with_everyone_else(registry):
+    """An admitted client gets ``presence`` right after ``connected``: others, their tabs and last positions."""
+    alice, alice_session = join(registry, "alice")
+    join(registry, "alice")
+    move(registry, alice_session, 3, 4)
+    join(registry, "carol", "admin")
+    bob, _ = join(registry, "bob")
+    assert bob.types[:2] == ["connected", "presence"]
+    assert bob.frames[1] == {
+        "type": "presence",
+        "payload": {
+            "users": [
+                entry("alice", connections=2, position=HALL),
+                entry("carol", "admin"),
+            ]
+        },
+    }
+    assert presence_frames(alice)[0] == {"type": "presence", "payload": {"users": []}}
+
+
+def test_first_connection_is_announced_to_the_others_only(registry):
+    """``user_joined`` goes to everyone else when a user's first connection arrives, not for a second tab."""
+    alice, _ = join(registry, "alice")
+    bob, _ = join(registry, "bob", "guest")
+    assert presence_frames(alice)[1:] == [
+        {"type": "user_joined", "payload": entry("bob", "guest")}
+    ]
+    assert [f["type"] for f in presence_frames(bob)] == ["presence"]
+    alice.clear()
+    bob_tab, _ = join(registry, "bob", "guest")
+    assert alice.encoded == []
+    assert bob_tab.frames[1]["payload"]["users"] == [entry("alice")]
+
+
+def test_user_left_only_after_the_grace_period(registry, clock):
+    """The last connection leaving is announced with ``user_left`` once the grace period is over."""
+    alice, _ = join(registry, "alice")
+    _, bob1 = join(registry, "bob")
+    _, bob2 = join(registry, "bob")
+    alice.clear()
+    registry.disconnect(bob1)
+    registry.disconnect(bob2)
+    clock.advance(4.9)
+    assert alice.encoded == []
+    clock.advance(0.1)
+    assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
+    assert [u.userId for u in registry.presence("org-a")] == ["alice"]
+
+
+def test_reconnect_within_grace_produces_no_event(registry, clock):
+    """A reload within the grace period shows nothing to the others, and the user keeps their position."""
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    move(registry, bob, 3, 4)
+    alice.clear()
+    registry.disconnect(bob)
+    clock.advance(4)
+    assert [(u.userId, u.connections) for u in registry.presence("org-a")] == [
+        ("alice", 1),
+        ("bob", 0),
+    ]
+    bob_again, _ = join(registry, "bob")
+    clock.advance(60)
+    assert alice.encoded == []
+    assert bob_again.frames[1]["payload"]["users"] == [entry("alice")]
+    assert registry.presence("org-a")[1].position == PositionUpdate(
+        x=3, y=4, roomId="hall"
+    )
+
+
+def test_grace_period_is_configurable(clock):
+    """With a zero grace period the last connection leaving is announced at once."""
+    registry = make_registry(clock, presence_grace=0)
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    alice.clear()
+    registry.disconnect(bob)
+    assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
+
+
+def test_position_is_forgotten_once_the_user_has_left(registry, clock):
+    """After ``user_left``, a returning user joins afresh without their old position."""
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    move(registry, bob, 3, 4)
+    registry.disconnect(bob)
+    clock.advance(5)
+    alice.clear()
+    join(registry, "bob")
+    assert alice.frames == [{"type": "user_joined", "payload": entry("bob")}]
+
+
+def test_pending_guests_are_neither_shown_nor_shown_anything(registry, clock):
+    """A pending guest gets no snapshot or presence event and appears in none."""
+    guest, guest_session = join(registry, "gus", "pending_guest")
+    alice, _ = join(registry, "alice")
+    join(registry, "bob")
+    assert guest.types == ["connected"]
+    assert alice.frames[1] == {"type": "presence", "payload": {"users": []}}
+    alice.clear()
+    join(registry, "gus", "pending_guest")
+    registry.disconnect(guest_session)
+    clock.advance(10)
+    assert alice.encoded == []
+    assert guest.types == ["connected"]
+    assert [u.userId for u in registry.presence("org-a")] == ["alice", "bob"]
+
+
+def test_admitted_guest_appears_as_user_joined_and_sees_the_floor(registry):
+    """A pending guest made guest joins presence: the others get ``user_joined``, the guest a snapshot."""
+    alice, alice_session = join(registry, "alice")
+    move(registry, alice_session, 3, 4)
+    guest, _ = join(registry, "gus", "pending_guest")
+    join(registry, "gus", "pending_guest")
+    alice.clear()
+    guest.clear()
+    registry.notify(role_change("gus", "guest"))
+    assert alice.types == ["user_updated", "user_joined"]
+    assert alice.frames[1]["payload"] == entry("gus", "guest", connections=2)
+    assert guest.types == ["user_updated", "presence"]
+    assert guest.frames[1]["payload"] == {"users": [entry("alice", position=HALL)]}
+
+
+def test_demoted_user_appears_as_user_left_at_once(registry, clock):
+    """A member made pending guest leaves presence at once, without a grace period."""
+    alice, _ = join(registry, "alice")
+    bob, _ = join(registry, "bob")
+    alice.clear()
+    bob.clear()
+    registry.notify(role_change("bob", "pending_guest"))
+    assert alice.types == ["user_updated", "user_left"]
+    assert bob.encoded == []
+    clock.advance(10)
+    assert alice.types == ["user_updated", "user_left"]
+    assert [u.userId for u in registry.presence("org-a")] == ["alice"]
+
+
+def test_role_change_is_announced_even_when_sent_direct(registry):
+    """A role change among admitted roles is ``user_role_changed`` to the others, whatever the routing."""
+    alice, _ = join(registry, "alice")
+    bob, _ = join(registry, "bob")
+    alice.clear()
+    bob.clear()
+    registry.notify(role_change("bob", "admin", routing="direct"))
+    assert alice.frames == [
+        {"type": "user_role_changed", "payload": {"userId": "bob", "role": "admin"}}
+    ]
+    assert bob.types == ["user_updated"]
+    assert registry.presence("org-a")[1].role == "admin"
+
+
+def test_role_change_during_grace_is_kept_for_the_reconnection(registry, clock):
+    """A user whose role changes while reconnecting comes back with the new role, still without events."""
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    registry.disconnect(bob)
+    alice.clear()
+    registry.notify(role_change("bob", "admin", routing="direct"))
+    assert alice.types == ["user_role_changed"]
+    bob_again, _ = join(registry, "bob", "member")
+    assert bob_again.frames[0]["payload"]["role"] == "admin"
+    clock.advance(10)
+    assert alice.types == ["user_role_changed"]
+
+
+def test_unchanged_role_announces_nothing(registry):
+    """A user_updated that repeats the current role causes no presence event."""
+    alice, _ = join(registry, "alice")
+    join(registry, "bob")
+    alice.clear()
+    registry.notify(role_change("bob", "member"))
+    assert alice.types == ["user_updated"]
+
+
+def test_ban_announces_user_left_at_once(registry, clock):
+    """A banned user leaves presence immediately; closing their tabs adds nothing."""
+    alice, _ = join(registry, "alice")
+    bob, bob_session = join(registry, "bob")
+    alice.clear()
+    registry.notify(
+        Notification(
+            org_id="org-a",
+            routing="direct",
+            type="user_banned",
+            payload=UserBanned(userId="bob", reason="spam"),
+            targets=("bob",),
+        )
+    )
+    assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
+    assert bob.closes == [(codes.CLOSE_BANNED, codes.REASON_BANNED)]
+    registry.disconnect(bob_session)
+    clock.advance(10)
+    assert alice.types == ["user_left"]
+
+
+def test_presence_frames_carry_no_seq(registry, clock):
+    """Presence frames are not numbered: a fresh snapshot on every connection supersedes them."""
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    move(registry, bob, 1, 2)
+    registry.disconnect(bob)
+    clock.advance(5)
+    registry.notify(broadcast())
+    assert [("seq" in f) for f in alice.frames[1:]] == [
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert alice.types[1:] == [
+        "presence",
+        "user_joined",
+        "position_update",
+        "user_left",
+        "room_updated",
+    ]
+
+
+def test_presence_of_an_org_without_a_room_is_empty(registry):
+    """Asking about an org nobody is connected to lists nobody and creates no room."""
+    assert registry.presence("org-nobody") == []
+    assert registry.room("org-nobody") is None
+
+
+def test_dropping_an_idle_room_cancels_grace_timers(clock):
+    """A room dropped while a user is within grace leaves no timer behind."""
+    registry = make_registry(clock, presence_grace=30)
+    _, alice = join(registry, "alice")
+    registry.disconnect(alice)
+    clock.advance(300)
+    assert registry.room("org-a") is None
+    assert clock.getDelayedCalls() == []
