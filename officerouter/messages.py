@@ -196,6 +196,23 @@ class PresenceUser:
 
 
 @attrs.frozen(kw_only=True)
+class UserPosition:
+    """One user's latest position in a ``positions`` batch."""
+
+    userId: str
+    x: float
+    y: float
+    roomId: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Positions:
+    """The payload of ``positions``: every position update of one tick, latest per user."""
+
+    positions: list[UserPosition]
+
+
+@attrs.frozen(kw_only=True)
 class Presence:
     """The payload of ``presence``: everyone else online, sent after ``connected``."""
 

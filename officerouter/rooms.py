@@ -43,10 +43,12 @@ from officerouter.messages import (
     ErrorPayload,
     GuestKnock,
     Notification,
+    Positions,
     PositionUpdate,
     Presence,
     PresenceUser,
     UserLeft,
+    UserPosition,
     UserRoleChanged,
 )
 from officerouter.presence import PresenceTracker
@@ -80,6 +82,8 @@ class Session:
     role: str
     connection: Connection = attrs.field(repr=False)
     org_id: str
+    #: Receives position updates as one ``positions`` frame per tick.
+    batch_positions: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -130,6 +134,7 @@ class OrgRoom:
         stream: Stream,
         presence_grace: float = 5.0,
         auto_knock: bool = False,
+        position_tick: float = 0.05,
     ) -> None:
         self.org_id = org_id
         self._catalog = catalog
@@ -142,6 +147,13 @@ class OrgRoom:
         # Kept up to date on join, leave and role change rather than filtered per
         # message: a broadcast walks exactly its recipients.
         self._audience: dict[str, Session] = {}
+        # The audience split by how it takes positions: one frame per update, or
+        # one ``positions`` frame per tick.
+        self._plain: dict[str, Session] = {}
+        self._batched: dict[str, Session] = {}
+        self._position_tick = position_tick
+        self._tick_positions: dict[str, UserPosition] = {}
+        self._tick_call: IDelayedCall | None = None
         self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
 
     # ------------------------------------------------------------ RoomView
@@ -177,6 +189,7 @@ class OrgRoom:
         connection_id: str,
         *,
         since: str | None = None,
+        batch_positions: bool = False,
     ) -> Session:
         """Add a verified connection.
 
@@ -203,6 +216,7 @@ class OrgRoom:
             role=role,
             connection=connection,
             org_id=self.org_id,
+            batch_positions=batch_positions,
         )
         missed = self._missed(since, session) if since is not None else None
         connection.send(
@@ -228,7 +242,7 @@ class OrgRoom:
         for message in missed or ():
             connection.send(message)
         if session.admitted:
-            self._audience[connection_id] = session
+            self._admit(session)
             if arrived:
                 self._announce(user_id, encode("user_joined", self._describe(user_id)))
         elif self._auto_knock and not user_sessions:
@@ -249,7 +263,7 @@ class OrgRoom:
         """
         if self._sessions.pop(session.connection_id, None) is None:
             return False
-        self._audience.pop(session.connection_id, None)
+        self._dismiss(session)
         user_sessions = self._by_user[session.user_id]
         del user_sessions[session.connection_id]
         if not user_sessions:
@@ -314,16 +328,57 @@ class OrgRoom:
             encoded = encode(
                 message.type, message.payload, sender=session.user_id, ephemeral=True
             )
+            recipients: Iterable[Session] = self._plain.values()
+            if self._batched and isinstance(message.payload, PositionUpdate):
+                self._batch(session.user_id, message.payload)
+            else:
+                recipients = self._audience.values()
         else:
             encoded = self.stream.record(
                 message.type, message.payload, sender=session.user_id
             )
+            recipients = self._audience.values()
         delivered = 0
-        for target in self._audience.values():
+        for target in recipients:
             if target is not session:
                 target.connection.send(encoded)
                 delivered += 1
         return delivered
+
+    # ------------------------------------------------------------ audience
+
+    def _admit(self, session: Session) -> None:
+        key = session.connection_id
+        self._audience[key] = session
+        (self._batched if session.batch_positions else self._plain)[key] = session
+
+    def _dismiss(self, session: Session) -> None:
+        key = session.connection_id
+        self._audience.pop(key, None)
+        self._plain.pop(key, None)
+        self._batched.pop(key, None)
+
+    # ------------------------------------------------------------ position batches
+
+    def _batch(self, user_id: str, position: PositionUpdate) -> None:
+        # Latest per user wins; a user moving again within the tick is sent once.
+        self._tick_positions.pop(user_id, None)
+        self._tick_positions[user_id] = UserPosition(
+            userId=user_id, x=position.x, y=position.y, roomId=position.roomId
+        )
+        if self._tick_call is None:
+            self._tick_call = self._clock.callLater(self._position_tick, self._tick)
+
+    def _tick(self) -> None:
+        """Send the tick's positions to every batched connection, encoded once."""
+        self._tick_call = None
+        positions = list(self._tick_positions.values())
+        self._tick_positions.clear()
+        if not positions or not self._batched:
+            return
+        encoded = encode("positions", Positions(positions=positions), ephemeral=True)
+        for target in self._batched.values():
+            target.connection.send(encoded)
 
     def notify(self, notification: Notification) -> int:
         """Run the type's effect, then number, keep and route a backend notification.
@@ -342,6 +397,17 @@ class OrgRoom:
             if isinstance(action, SetRole):
                 after.extend(self._set_role(action.user_id, action.role))
         targets = self._targets(notification)
+        if notification.routing == "broadcast":
+            # The subject of a role change always hears of it, even when the new
+            # role (pending_guest) takes them out of the broadcast audience.
+            listed = {session.connection_id for session in targets}
+            for action in actions:
+                if isinstance(action, SetRole):
+                    targets.extend(
+                        session
+                        for session in self._by_user.get(action.user_id, {}).values()
+                        if session.connection_id not in listed
+                    )
         encoded = self.stream.record(
             notification.type,
             notification.payload,
@@ -372,9 +438,9 @@ class OrgRoom:
         for session in sessions.values():
             session.role = role
             if session.admitted:
-                self._audience[session.connection_id] = session
+                self._admit(session)
             else:
-                self._audience.pop(session.connection_id, None)
+                self._dismiss(session)
         admitted = role in ADMITTED_ROLES
         present = self._presence.get(user_id)
         if present is not None:
@@ -421,6 +487,10 @@ class OrgRoom:
     def dispose(self) -> None:
         """Cancel the room's timers (it is being dropped, or the daemon stops)."""
         self._presence.dispose()
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+        self._tick_positions.clear()
 
 
 class OrgRegistry:
@@ -449,6 +519,7 @@ class OrgRegistry:
         auto_knock: bool = False,
         ban_memory: float = 3600.0,
         presence_grace: float = 5.0,
+        position_tick: float = 0.05,
         history: HistoryBounds = DEFAULT_BOUNDS,
         store: HistoryStore | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -459,6 +530,7 @@ class OrgRegistry:
         self._auto_knock = auto_knock
         self._ban_memory = ban_memory
         self._presence_grace = presence_grace
+        self._position_tick = position_tick
         self._history = history
         self._store: HistoryStore = store if store is not None else MemoryStore()
         self._new_id = new_id
@@ -565,11 +637,17 @@ class OrgRegistry:
             raise RefusedError(403, codes.REASON_BANNED)
 
     def connect(
-        self, identity: Identity, connection: Connection, *, since: str | None = None
+        self,
+        identity: Identity,
+        connection: Connection,
+        *,
+        since: str | None = None,
+        batch_positions: bool = False,
     ) -> Session:
         """Admit a verified connection to its org's room (created if needed).
 
         :param since: the ``<epoch>.<seq>`` a reconnecting client last saw.
+        :param batch_positions: take positions as one ``positions`` frame per tick.
         :raises RefusedError: when the identity may not connect.
         """
         if self._stopped:
@@ -582,7 +660,13 @@ class OrgRegistry:
         else:
             self._wake(org_id)
         try:
-            session = room.join(identity, connection, self._new_id(), since=since)
+            session = room.join(
+                identity,
+                connection,
+                self._new_id(),
+                since=since,
+                batch_positions=batch_positions,
+            )
         except BaseException:
             if not len(room):
                 self._idle(room)
@@ -620,6 +704,7 @@ class OrgRegistry:
             stream=stream,
             presence_grace=self._presence_grace,
             auto_knock=self._auto_knock,
+            position_tick=self._position_tick,
         )
         self._rooms[org_id] = room
         return room

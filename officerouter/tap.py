@@ -243,6 +243,13 @@ class Options(usage.Options):
             _number("handshake-timeout", 1),
         ],
         [
+            "position-tick",
+            None,
+            0.05,
+            "Seconds between positions frames for clients with ?positions=batched.",
+            _number("position-tick", 0.005),
+        ],
+        [
             "presence-grace",
             None,
             5.0,
@@ -479,6 +486,7 @@ def makeService(options: usage.Options) -> service.IService:
         auto_knock=bool(options["auto-knock"]),
         ban_memory=options["ban-memory"],
         presence_grace=options["presence-grace"],
+        position_tick=options["position-tick"],
         history=HistoryBounds(
             size=options["history-size"],
             seconds=options["history-seconds"],

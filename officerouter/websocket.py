@@ -142,6 +142,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         super().__init__()
         self._identity: Identity | None = None
         self._since: str | None = None
+        self._batch_positions = False
         self._session: Session | None = None
         self._outbox: Outbox | None = None
         self._guard: FloodGuard | None = None
@@ -195,6 +196,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._identity = identity
         since = request.params.get("since")
         self._since = since[0] if since else None
+        positions = request.params.get("positions", [""])[0]
+        if positions not in ("", "batched"):
+            self._deny(request, 400, codes.REASON_POSITIONS_PARAM)
+        self._batch_positions = positions == "batched"
         return echo
 
     def onOpen(self) -> None:
@@ -218,7 +223,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         factory.live.add(self)
         try:
             self._session = factory.registry.connect(
-                self._identity, self, since=self._since
+                self._identity,
+                self,
+                since=self._since,
+                batch_positions=self._batch_positions,
             )
         except RefusedError as e:
             self.close(codes.CLOSE_POLICY_VIOLATION, e.reason)

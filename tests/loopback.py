@@ -350,7 +350,9 @@ class Router:
         assert body["ok"] is True
         return body["connections"], body["rooms"]
 
-    async def handshake(self, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def handshake(
+        self, headers: dict[str, str], query: str = ""
+    ) -> tuple[int, bytes]:
         """Send a raw WebSocket upgrade request; returns the status line's code and phrase."""
         all_headers = {
             "Upgrade": "websocket",
@@ -360,7 +362,7 @@ class Router:
         }
         all_headers.update(headers)
         response = await treq.get(
-            self.base + "/websocket", headers=all_headers, persistent=False
+            self.base + "/websocket" + query, headers=all_headers, persistent=False
         )
         phrase: bytes = response.phrase
         await response.content()
@@ -439,6 +441,7 @@ def build_router_parts(
         auto_knock=options.pop("auto_knock", False),
         ban_memory=options.pop("ban_memory", 3600.0),
         presence_grace=options.pop("presence_grace", 5.0),
+        position_tick=options.pop("position_tick", 0.05),
         history=options.pop("history", HistoryBounds()),
     )
     verifier = TokenVerifier(settings.verify_keys, reactor.seconds)

@@ -428,3 +428,72 @@ async def test_permessage_deflate_when_enabled(router, token):
             "r2",
         ]
     assert (await deflating.next())["from"] == "bob"
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_ping_is_answered_with_pong(router, token):
+    """A ping from the client is answered with a pong carrying the same payload."""
+    raw = RawClient(router.port.getHost().port, token("pinger", "org-a"))
+    try:
+        await raw.handshake()
+        raw.sock.sendall(_masked(0x9, b"are-you-there"))
+        found: list[tuple[int, bytes]] = []
+
+        def ponged() -> bool:
+            raw.read_available()
+            found.extend(raw.frames())
+            return any(op == 0xA for op, _ in found)
+
+        await _until(ponged)
+        assert (0xA, b"are-you-there") in found
+    finally:
+        raw.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_handshake_headers_are_refused(router, token):
+    """A handshake whose headers pass twisted.web's 16 KiB limit is refused, not parsed."""
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    try:
+        padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 500) for i in range(40))
+        sock.sendall(b"GET /websocket HTTP/1.1\r\nHost: x\r\n" + padding + b"\r\n")
+        got = b""
+
+        def answered() -> bool:
+            nonlocal got
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return False
+            got += data
+            return data == b"" or b"\r\n\r\n" in got
+
+        await _until(answered)
+        assert got.startswith(b"HTTP/1.1 400")
+        assert router.registry.connection_count == 0
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_positions_batched_over_the_wire(router, token):
+    """A client connecting with ?positions=batched gets positions frames; a bad value is 400."""
+    status, phrase = await router.handshake(
+        {"Sec-WebSocket-Protocol": token("w", "org-a")}, query="?positions=sometimes"
+    )
+    assert (status, phrase) == (400, b"positions must be batched, or absent")
+    watcher = await router.connect(
+        token("watcher", "org-a"), query="?positions=batched"
+    )
+    mover = await router.connect(token("mover", "org-a"))
+    for i in range(5):
+        mover.send_json({"type": "position_update", "payload": {"x": i, "y": 0}})
+    frame = await watcher.next_of("positions")
+    assert frame["payload"]["positions"][-1]["userId"] == "mover"

@@ -339,6 +339,23 @@ def test_demotion_leaves_the_org_traffic(registry):
     assert alice.routed()[-1] == ROOM_FRAME
 
 
+def test_broadcast_demotion_still_reaches_the_demoted_user(registry):
+    """A broadcast user_updated demoting a member reaches them and the org alike."""
+    alice, _ = join(registry, "alice")
+    alice_tab, _ = join(registry, "alice")
+    bob, _ = join(registry, "bob")
+    assert registry.notify(role_change("alice", "pending_guest")) == 3
+    update = {
+        "type": "user_updated",
+        "payload": {"userId": "alice", "role": "pending_guest"},
+    }
+    for connection in (alice, alice_tab, bob):
+        assert connection.routed()[-1] == update
+    # After it, broadcasts no longer reach them.
+    registry.notify(broadcast())
+    assert alice.routed()[-1] == update
+
+
 def test_role_change_applies_to_every_tab(registry):
     """All live sessions of the user take the new role."""
     sessions = [join(registry, "p", "pending_guest")[1] for _ in range(2)]
