@@ -190,15 +190,15 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._deny(request, 401, e.reason)
         except RefusedError as e:
             self._deny(request, e.status, e.reason)
+        positions = request.params.get("positions", [""])[0]
+        if positions not in ("", "batched"):
+            self._deny(request, 400, codes.REASON_POSITIONS_PARAM)
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
             self._deny(request, *refusal)
         self._identity = identity
         since = request.params.get("since")
         self._since = since[0] if since else None
-        positions = request.params.get("positions", [""])[0]
-        if positions not in ("", "batched"):
-            self._deny(request, 400, codes.REASON_POSITIONS_PARAM)
         self._batch_positions = positions == "batched"
         return echo
 
@@ -235,6 +235,32 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error joining a room")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
             return
+        self._release_handshake()
+
+    #: What Autobahn keeps of the opening handshake.  Nothing reads it once the
+    #: connection is open, and it is per connection (the raw request and the
+    #: echoed subprotocol each carry the token): release it.
+    _HANDSHAKE_STATE = (
+        "http_request_data",
+        "http_response_data",
+        "http_headers",
+        "http_status_line",
+        "http_request_uri",
+        "http_request_path",
+        "http_request_params",
+        "http_request_host",
+        "websocket_protocols",
+        "websocket_extensions",
+        "websocket_origin",
+        "websocket_protocol_in_use",
+    )
+
+    def _release_handshake(self) -> None:
+        self._identity = None
+        self._since = None
+        for name in self._HANDSHAKE_STATE:
+            if name in self.__dict__:
+                setattr(self, name, None)
 
     # ------------------------------------------------------------ messages
 
@@ -419,20 +445,19 @@ class OfficeServerFactory(WebSocketServerFactory):
         return d
 
     def capacity_refusal(self, identity: Identity) -> tuple[int, str] | None:
-        """The (status, reason) refusing a new connection past a cap, or ``None``."""
+        """The (status, reason) refusing a new connection past a cap, or ``None``.
+
+        A handshake accepted in ``onConnect`` opens (and is counted) in the same
+        reactor turn, so simultaneous handshakes cannot slip past a cap.
+        """
         limits = self.limits
         registry = self.registry
+        org, user = identity.org_id, identity.user_id
         if registry.connection_count >= limits.max_connections:
             return 503, codes.REASON_SERVER_FULL
-        if (
-            registry.org_connection_count(identity.org_id)
-            >= limits.max_connections_per_org
-        ):
+        if registry.org_connection_count(org) >= limits.max_connections_per_org:
             return 429, codes.REASON_ORG_FULL
-        if (
-            registry.user_connection_count(identity.org_id, identity.user_id)
-            >= limits.max_connections_per_user
-        ):
+        if registry.user_connection_count(org, user) >= limits.max_connections_per_user:
             return 429, codes.REASON_USER_FULL
         return None
 

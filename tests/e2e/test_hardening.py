@@ -497,3 +497,37 @@ async def test_positions_batched_over_the_wire(router, token):
         mover.send_json({"type": "position_update", "payload": {"x": i, "y": 0}})
     frame = await watcher.next_of("positions")
     assert frame["payload"]["positions"][-1]["userId"] == "mover"
+
+
+@pytest.mark.parametrize("router_options", [{"max_connections_per_user": 3}])
+@pytest_twisted.ensureDeferred
+async def test_simultaneous_handshakes_cannot_pass_the_user_cap(router, token):
+    """Of 8 handshakes sent at once for one user, exactly the cap of 3 open."""
+    port = router.port.getHost().port
+    raws = [RawClient(port, token("greedy", "org-a")) for _ in range(8)]
+    try:
+        answers: dict[int, bytes] = {}
+
+        def all_answered() -> bool:
+            for i, raw in enumerate(raws):
+                if i not in answers:
+                    try:
+                        raw.read_available()
+                    except ConnectionError:
+                        answers[i] = b"reset"
+                    if b"\r\n" in raw.buffer:
+                        answers[i] = raw.buffer.split(b"\r\n", 1)[0]
+            return len(answers) == len(raws)
+
+        await _until(all_answered)
+        statuses = sorted(line.split(b" ")[1] for line in answers.values())
+        assert statuses == [b"101"] * 3 + [b"429"] * 5
+        await _until(
+            lambda: router.registry.user_connection_count("org-a", "greedy") == 3
+        )
+    finally:
+        for raw in raws:
+            raw.close()
+    # Once they are gone, the user may connect again: nothing stays reserved.
+    await _until(lambda: router.registry.connection_count == 0)
+    await router.connect(token("greedy", "org-a"))
