@@ -399,7 +399,9 @@ def encode(
     frame["payload"] = converter.unstructure(payload)
     return Encoded(
         type=type_,
-        data=orjson.dumps(frame),
+        # orjson hands back a bytes object inside a ~4 KiB allocation; messages
+        # outlive this call (queues, history), so keep a right-sized copy.
+        data=memoryview(orjson.dumps(frame)).tobytes(),
         sender=sender,
         ephemeral=ephemeral,
         seq=seq,
