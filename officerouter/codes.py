@@ -28,6 +28,8 @@ ERR_PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 ERR_BAD_REQUEST: Final = "bad_request"
 ERR_METHOD_NOT_ALLOWED: Final = "method_not_allowed"
 ERR_INTERNAL: Final = "internal_error"
+ERR_REQUEST_TIMEOUT: Final = "request_timeout"
+ERR_NOT_FOUND: Final = "not_found"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"

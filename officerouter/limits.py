@@ -123,6 +123,12 @@ class Outbox:
         self.size += len(frame)
         return self.size <= self._hard
 
+    def take_each(self) -> list[bytes]:
+        """Everything queued, in order, one item per frame; the queue is emptied."""
+        frames = [f for f in self._frames if f is not None]
+        self.clear()
+        return frames
+
     def take(self) -> bytes:
         """Everything queued, in order, as one write; the queue is emptied."""
         frames = self._frames

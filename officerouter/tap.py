@@ -30,7 +30,7 @@ from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
 from officerouter.limits import Limits, OriginPolicy
 from officerouter.rooms import OrgRegistry
-from officerouter.web import make_site
+from officerouter.web import InFlight, make_site
 from officerouter.websocket import OfficeServerFactory
 
 log = Logger()
@@ -236,13 +236,6 @@ class Options(usage.Options):
             _number("http-timeout", 1),
         ],
         [
-            "handshake-timeout",
-            None,
-            10.0,
-            "Seconds a WebSocket opening handshake may take.",
-            _number("handshake-timeout", 1),
-        ],
-        [
             "position-tick",
             None,
             0.05,
@@ -303,11 +296,13 @@ class RouterService(service.Service):
         self,
         registry: OrgRegistry,
         factory: OfficeServerFactory,
+        in_flight: InFlight,
         reactor: IReactorTime,
         timeout: float,
     ) -> None:
         self._registry = registry
         self._factory = factory
+        self._in_flight = in_flight
         self._reactor = reactor
         self._timeout = timeout
 
@@ -317,10 +312,13 @@ class RouterService(service.Service):
             "stopping: closing {count} connections",
             count=len(self._factory.live),
         )
+        self._factory.stopping = True
         self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
-        idle = self._factory.when_idle()
+        idle = defer.gatherResults(
+            [self._factory.when_idle(), self._in_flight.when_idle()]
+        )
         idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
-        return idle
+        return idle.addCallback(lambda _: None)
 
 
 class HistoryService(service.Service):
@@ -512,7 +510,6 @@ def makeService(options: usage.Options) -> service.IService:
         origins=OriginPolicy(options["allowed-origins"].split(",")),
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
-        open_handshake_timeout=options["handshake-timeout"],
         permessage_deflate=bool(options["permessage-deflate"]),
     )
     site = make_site(
@@ -538,7 +535,7 @@ def makeService(options: usage.Options) -> service.IService:
     # MultiService stops children in reverse order: the listener stops first,
     # then the router closes the connections.
     RouterService(
-        registry, factory, clock, options["shutdown-timeout"]
+        registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
     if options["dev"]:

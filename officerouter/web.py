@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
@@ -26,18 +28,76 @@ log = Logger()
 JSON_TYPES = frozenset({b"application/json"})
 
 
-class BoundedRequest(server.Request):
-    """A request whose body may not exceed ``max_body_bytes``.
+class InFlight:
+    """The HTTP requests a site is serving, so that a stop can wait for them.
 
-    The limit is enforced while reading: a declared ``Content-Length`` over it is
-    answered with 413 before the body is read, and a chunked body is cut off with
-    413 the moment it passes the limit.  Nothing past the limit is buffered.
+    A request counts from its first line until its response is finished or its
+    connection is lost; an upgraded WebSocket counts until it is gone.
+    """
+
+    def __init__(self) -> None:
+        self.requests: set[http.Request] = set()
+        self._waiting: list[Deferred[None]] = []
+
+    def add(self, request: http.Request) -> None:
+        self.requests.add(request)
+
+    def discard(self, request: http.Request) -> None:
+        self.requests.discard(request)
+        if not self.requests:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fire once no request is in flight."""
+        if not self.requests:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+
+class OfficeSite(server.Site):
+    """The daemon's Site: it also knows which requests are in flight."""
+
+    def __init__(self, resource: Resource, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.in_flight = InFlight()
+
+
+class BoundedRequest(server.Request):
+    """A request bounded in size and in time.
+
+    The body limit is enforced while reading: a declared ``Content-Length`` over
+    it is answered with 413 before the body is read, and a chunked body is cut
+    off with 413 the moment it passes the limit; nothing past the limit is
+    buffered.  A request not received whole within ``request_timeout`` seconds of
+    its first line (a client dribbling bytes) is answered with 408.
     """
 
     max_body_bytes = 65536
+    request_timeout = 30.0
+
+    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self._refused = False
+        self._body_received = 0
+        self._deadline: IDelayedCall | None = channel.callLater(
+            self.request_timeout, self._too_slow
+        )
+        in_flight: InFlight | None = getattr(self.site, "in_flight", None)
+        if in_flight is not None:
+            in_flight.add(self)
+            self.notifyFinish().addBoth(lambda _: in_flight.discard(self))
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        # No version on the wire: twisted.web would announce its own.
+        if (name.encode() if isinstance(name, str) else name).lower() == b"server":
+            value = b"officerouter"
+        super().setHeader(name, value)
 
     def gotLength(self, length: int | None) -> None:
-        self._body_received = 0
         if length is not None and length > self.max_body_bytes:
             self._refuse_body()
             return
@@ -53,32 +113,56 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
     def process(self) -> None:
-        if getattr(self, "_body_refused", False):
-            return  # answered with 413 already; the connection is closing
+        self._stop_deadline()
+        if self._refused:
+            return  # answered already; the connection is closing
         super().process()
 
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self._refuse(
+            408,
+            b"Request Timeout",
+            codes.ERR_REQUEST_TIMEOUT,
+            f"the request was not received within {self.request_timeout:g} s",
+        )
+
     def _refuse_body(self) -> None:
+        self._refuse(
+            413,
+            b"Payload Too Large",
+            codes.ERR_PAYLOAD_TOO_LARGE,
+            f"the body is larger than {self.max_body_bytes} bytes",
+        )
+
+    def _refuse(self, status: int, phrase: bytes, code: str, message: str) -> None:
         transport = self.channel.transport
-        if transport is None or getattr(self, "_body_refused", False):
+        if transport is None or self._refused:
             return
-        self._body_refused = True
+        self._refused = True
+        self._stop_deadline()
         log.info(
-            "refused a request body over {limit} bytes from {peer}",
-            limit=self.max_body_bytes,
+            "refused a request from {peer}: {status} {message}",
             peer=_peer(self),
+            status=status,
+            message=message,
         )
-        body = dumps(
-            {
-                "ok": False,
-                "error": codes.ERR_PAYLOAD_TOO_LARGE,
-                "message": f"the body is larger than {self.max_body_bytes} bytes",
-            }
-        )
+        body = dumps({"ok": False, "error": code, "message": message})
         # The request has not been dispatched yet, so the response is written
-        # directly and the connection closed: the rest of the body is never read.
+        # directly and the connection closed: the rest of it is never read.
         transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Content-Type: application/json\r\n"
+            b"HTTP/1.1 %d %s\r\n"
+            % (status, phrase)
+            + b"Content-Type: application/json\r\n"
             b"Connection: close\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
@@ -156,7 +240,19 @@ class _MethodsResource(Resource):
                 codes.ERR_METHOD_NOT_ALLOWED,
                 f"use {' or '.join(served)}",
             )
+        if method == "HEAD":
+            # GET's headers without its body (twisted.web would log a warning
+            # for every probe that asks with HEAD).
+            self.render_GET(request)  # type: ignore[attr-defined]
+            return b""
         return super().render(request)
+
+
+class _Branch(Resource):
+    """A path that only has children (``/internal``): itself is 404, in JSON."""
+
+    def render(self, request: server.Request) -> bytes:
+        return _error(request, 404, codes.ERR_NOT_FOUND, "no resource here")
 
 
 class NotifyResource(_MethodsResource):
@@ -278,16 +374,16 @@ def make_site(
     *,
     max_body_bytes: int,
     http_timeout: float = 30.0,
-) -> server.Site:
+) -> OfficeSite:
     """Build the one :class:`~twisted.web.server.Site` the daemon listens with.
 
-    :param http_timeout: seconds an HTTP connection may stay idle or dribble a
-        request before it is dropped (slow clients); WebSocket connections leave
-        this timer when they upgrade and are kept alive by pings instead.
+    :param http_timeout: seconds an HTTP connection may stay idle, and seconds a
+        request may take to arrive whole (408 after); WebSocket connections
+        leave both timers when they upgrade and are kept alive by pings instead.
     """
     root = Resource()
     root.putChild(b"websocket", OfficeWebSocketResource(factory))
-    internal = Resource()
+    internal = _Branch()
     internal.putChild(b"notify", NotifyResource(registry, settings))
     internal.putChild(b"presence", PresenceResource(registry, settings))
     root.putChild(b"internal", internal)
@@ -297,7 +393,8 @@ def make_site(
         pass
 
     _Request.max_body_bytes = max_body_bytes
-    site = server.Site(root, requestFactory=_Request, timeout=http_timeout)
+    _Request.request_timeout = http_timeout
+    site = OfficeSite(root, requestFactory=_Request, timeout=http_timeout)
     site.displayTracebacks = False
     site.noisy = False
     return site

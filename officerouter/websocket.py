@@ -11,6 +11,7 @@ outbox holds frames, bounded.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import Any, NoReturn
@@ -48,6 +49,7 @@ from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdic
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
 
 _FRAMING = "ws"
+_JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 
 RATE_LIMITED = ContractError(
@@ -147,6 +149,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._outbox: Outbox | None = None
         self._guard: FloodGuard | None = None
         self._scheduled = False
+        self._compressing = False
         self.paused = False
 
     # ------------------------------------------------------------ handshake
@@ -170,6 +173,8 @@ class OfficeServerProtocol(WebSocketServerProtocol):
     ) -> None:
         # Every refused handshake passes here, ours (ConnectionDeny) and
         # Autobahn's own (bad headers): one log line each, with peer and reason.
+        # Autobahn's reasons may quote a header, and so a token: those are cut.
+        reason = _JWT_LIKE.sub("[token]", reason)
         self._log.info(
             "refused connection from {peer}: {status} {reason}",
             peer=self.peer,
@@ -180,6 +185,8 @@ class OfficeServerProtocol(WebSocketServerProtocol):
 
     def _authenticate(self, request: ConnectionRequest) -> str:
         factory = self.factory
+        if factory.stopping:
+            self._deny(request, 503, codes.REASON_SHUTDOWN)
         if not factory.origins.allows(request.origin):
             self._deny(request, 403, codes.REASON_ORIGIN)
         try:
@@ -221,6 +228,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
         transport.registerProducer(_Backpressure(self), True)
         factory.live.add(self)
+        self._compressing = self._perMessageCompress is not None
         try:
             self._session = factory.registry.connect(
                 self._identity,
@@ -229,7 +237,8 @@ class OfficeServerProtocol(WebSocketServerProtocol):
                 batch_positions=self._batch_positions,
             )
         except RefusedError as e:
-            self.close(codes.CLOSE_POLICY_VIOLATION, e.reason)
+            # Only when stopping: the handshake and the join share a reactor turn.
+            self.close(codes.CLOSE_GOING_AWAY, e.reason)
             return
         except Exception:
             self._log.failure("unexpected error joining a room")
@@ -325,18 +334,15 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         outbox = self._outbox
         if self.state != _STATE_OPEN or outbox is None:
             return
-        compress: object = self._perMessageCompress
-        if compress is not None:
-            # Negotiated permessage-deflate: each frame is compressed for this
-            # connection by Autobahn, so the shared framing cannot be used.
-            self.sendMessage(message.data)
-            return
         key = (
             message.type + "\0" + message.sender
             if message.ephemeral and message.sender
             else None
         )
-        if not outbox.push(framed(message), key):
+        # With permessage-deflate each frame is compressed for this connection
+        # when flushed, so the queue holds the message, not the shared frame.
+        item = message.data if self._compressing else framed(message)
+        if not outbox.push(item, key):
             self._overflow(outbox)
             return
         if not self._scheduled and not self.paused:
@@ -360,6 +366,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             return
         if self.state != _STATE_OPEN:
             outbox.clear()
+            return
+        if self._compressing:
+            for data in outbox.take_each():
+                self.sendMessage(data)
             return
         assert self.transport is not None
         self.transport.write(outbox.take())
@@ -412,6 +422,8 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.flusher = _Flusher(clock)
         #: Every open or closing connection, until its TCP connection is gone.
         self.live: set[OfficeServerProtocol] = set()
+        #: Set when the daemon stops: new handshakes are refused with 503.
+        self.stopping = False
         self._idle_waiters: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
@@ -470,4 +482,9 @@ class OfficeWebSocketResource(WebSocketResource):
         # over; left running it would fire on a transport that is no longer its own.
         request.channel.setTimeout(None)
         result: int | bytes = super().render(request)
+        # The request never finishes once upgraded: stop counting it as an HTTP
+        # request in flight (the factory follows the WebSocket from here).
+        in_flight = getattr(request.site, "in_flight", None)
+        if in_flight is not None:
+            in_flight.discard(request)
         return result

@@ -114,6 +114,8 @@ async def router(
         connections=connections,
         service_id=settings.service_client_id,
         service_secret=settings.service_client_secret,
+        factory=factory,
+        site=site,
     )
     try:
         yield r

@@ -230,6 +230,9 @@ class Router:
     service_secret: str = SERVICE_SECRET
     clients: list[Client] = attrs.Factory(list)
     _markers: Iterator[int] = attrs.Factory(itertools.count)
+    #: The WebSocket factory and the Site, for tests of the adapters themselves.
+    factory: Any = None
+    site: Any = None
 
     @property
     def base(self) -> str:
@@ -432,7 +435,7 @@ def build_router_parts(
     """Registry, WebSocket factory and Site as makeService builds them.
 
     :param options: ``auto_knock``, ``ban_memory``, ``ping_interval``,
-        ``ping_timeout``, ``handshake_timeout``, ``allowed_origins`` (a list),
+        ``ping_timeout``, ``allowed_origins`` (a list),
         ``http_timeout``, and any field of :class:`~officerouter.limits.Limits`.
     """
     registry = OrgRegistry(
@@ -455,7 +458,6 @@ def build_router_parts(
         origins=OriginPolicy(options.pop("allowed_origins", ())),
         ping_interval=options.pop("ping_interval", 0),
         ping_timeout=options.pop("ping_timeout", 10),
-        open_handshake_timeout=options.pop("handshake_timeout", 10.0),
         permessage_deflate=options.pop("permessage_deflate", False),
     )
     site = make_site(

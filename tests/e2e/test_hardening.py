@@ -13,6 +13,7 @@ import pytest
 
 import pytest_twisted
 from twisted.internet import reactor, task
+from twisted.logger import capturedLogs, eventAsJSON, formatEvent
 
 pytestmark = pytest.mark.e2e
 
@@ -531,3 +532,110 @@ async def test_simultaneous_handshakes_cannot_pass_the_user_cap(router, token):
     # Once they are gone, the user may connect again: nothing stays reserved.
     await _until(lambda: router.registry.connection_count == 0)
     await router.connect(token("greedy", "org-a"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_quoted_in_a_refusal_is_not_logged(router, token):
+    """Offering the same token twice is refused 400, and the log does not carry it."""
+    jwt = token("alice", "org-a")
+    with capturedLogs() as events:
+        status, phrase = await router.handshake(
+            {"Sec-WebSocket-Protocol": f"{jwt}, {jwt}"}
+        )
+    assert status == 400
+    assert jwt.encode() not in phrase
+    text = "\n".join(formatEvent(e) + eventAsJSON(e) for e in events)
+    assert "refused connection" in text
+    for part in jwt.split("."):
+        assert part not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_router_refuses_new_handshakes_with_503(router, token):
+    """Once the daemon stops, an upgrade (even on an open HTTP connection) gets 503."""
+    client = await router.connect(token("alice", "org-a"))
+    router.factory.stopping = True
+    router.registry.close_all(1001, "server shutting down")
+    code, _ = await client.wait_closed()
+    assert code == 1001
+    status, phrase = await router.handshake({"Sec-WebSocket-Protocol": token("bob")})
+    assert (status, phrase) == (503, b"server shutting down")
+
+
+@pytest.mark.parametrize(
+    "router_options",
+    [
+        {
+            "permessage_deflate": True,
+            "soft_buffer_bytes": 4096,
+            "hard_buffer_bytes": 32768,
+            "socket_send_buffer": 4096,
+        }
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_compressed_client_that_stops_reading_is_still_bounded(router, token):
+    """With permessage-deflate negotiated, a client that never reads still gets 1013."""
+    port = router.port.getHost().port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    sock.sendall(
+        (
+            "GET /websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            f"Sec-WebSocket-Protocol: {token('slow', 'org-a')}\r\n\r\n"
+        ).encode()
+    )
+    try:
+        await _until(lambda: router.registry.connection_count == 1)
+        # Random names defeat compression, so the queue fills like uncompressed.
+        for i in range(3000):
+            body = _room_updated("org-a", i)
+            body["payload"]["name"] = base64.b64encode(os.urandom(100)).decode()
+            await router.notify(body)
+            if router.registry.connection_count == 0:
+                break
+        assert router.registry.connection_count == 0, "slow compressed client kept"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("router_options", [{"http_timeout": 1.0}])
+@pytest_twisted.ensureDeferred
+async def test_request_dribbled_byte_by_byte_gets_408(router):
+    """A request arriving a byte at a time is answered 408 once its time is up."""
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    request = b"POST /internal/notify HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    got = b""
+    try:
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            await _sleep(0.05)
+            with contextlib.suppress(BlockingIOError):
+                got += sock.recv(4096)
+            if got:
+                break
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert json.loads(got.partition(b"\r\n\r\n")[2])["error"] == "request_timeout"
+    finally:
+        sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_answers_carry_no_version_and_head_has_no_body(router):
+    """Responses name the server without a version; HEAD /healthz is GET without body."""
+    result = await router.http("HEAD", "/healthz")
+    assert result.code == 200
+    assert result.content == b""
+    assert result.headers.getRawHeaders(b"server") == [b"officerouter"]
+    missing = await router.http("GET", "/internal")
+    assert missing.code == 404
+    assert missing.json()["error"] == "not_found"
