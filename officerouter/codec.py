@@ -406,3 +406,14 @@ def encode(
         ephemeral=ephemeral,
         seq=seq,
     )
+
+
+def encode_fragment(value: Any) -> bytes:
+    """Encode one value (an attrs instance) as JSON, to be joined into a list later."""
+    return memoryview(orjson.dumps(converter.unstructure(value))).tobytes()
+
+
+def encode_list(type_: str, field: str, items: Iterable[bytes]) -> Encoded:
+    """Encode ``{"type": type_, "payload": {field: [items...]}}`` from encoded items."""
+    head = b'{"type":' + orjson.dumps(type_) + b',"payload":{' + orjson.dumps(field)
+    return Encoded(type=type_, data=head + b":[" + b",".join(items) + b"]}}")

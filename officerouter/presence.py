@@ -15,6 +15,7 @@ import attrs
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from officerouter.codec import encode_fragment
 from officerouter.messages import PositionUpdate, PresenceUser
 
 
@@ -26,6 +27,10 @@ class PresentUser:
     role: str
     position: PositionUpdate | None = None
     grace: IDelayedCall | None = attrs.field(default=None, repr=False)
+    _json_key: tuple[str, PositionUpdate | None, int] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
+    _json: bytes = attrs.field(default=b"", init=False, repr=False)
 
     def describe(self, connections: int) -> PresenceUser:
         """This user as the wire shows them."""
@@ -35,6 +40,19 @@ class PresentUser:
             connections=connections,
             position=self.position,
         )
+
+    def describe_json(self, connections: int) -> bytes:
+        """:meth:`describe`, encoded; kept until the user's state changes.
+
+        Every new connection gets a snapshot of everyone online: encoding each
+        user once per change rather than once per snapshot makes a snapshot a
+        join of byte strings.
+        """
+        key = (self.role, self.position, connections)
+        if key != self._json_key:
+            self._json = encode_fragment(self.describe(connections))
+            self._json_key = key
+        return self._json
 
 
 class PresenceTracker:

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from officerouter import codes
 from officerouter.auth import Identity
 from officerouter.catalog import MessageSpec
-from officerouter.codec import ContractError, Encoded, encode
+from officerouter.codec import ContractError, Encoded, encode, encode_list
 from officerouter.effects import Action, CloseUser, SetRole
 from officerouter.history import (
     DEFAULT_BOUNDS,
@@ -45,7 +45,6 @@ from officerouter.messages import (
     Notification,
     Positions,
     PositionUpdate,
-    Presence,
     PresenceUser,
     UserLeft,
     UserPosition,
@@ -297,12 +296,15 @@ class OrgRoom:
         return user.describe(self.connection_count_of(user_id))
 
     def _snapshot(self, exclude: str) -> Encoded:
-        users = [
-            user.describe(self.connection_count_of(user.user_id))
-            for user in self._presence
-            if user.user_id != exclude
-        ]
-        return encode("presence", Presence(users=users))
+        return encode_list(
+            "presence",
+            "users",
+            [
+                user.describe_json(self.connection_count_of(user.user_id))
+                for user in self._presence
+                if user.user_id != exclude
+            ],
+        )
 
     def _announce(self, user_id: str, message: Encoded) -> None:
         """Send a presence event about a user to every other admitted connection."""

@@ -9,10 +9,12 @@ import pytest
 from twisted.internet.task import Clock
 
 from officerouter import codes
+from officerouter.codec import encode
 from officerouter.messages import (
     ClientMessage,
     Notification,
     PositionUpdate,
+    Presence,
     RoomUpdated,
     UserBanned,
     UserUpdated,
@@ -333,3 +335,25 @@ def test_dropping_an_idle_room_cancels_grace_timers(clock):
     clock.advance(300)
     assert registry.room("org-a") is None
     assert clock.getDelayedCalls() == []
+
+
+def test_snapshot_bytes_equal_the_reference_encoding(registry):
+    """The snapshot joined from cached per-user JSON is byte for byte the plain encoding."""
+    _, alice = join(registry, "alice")
+    join(registry, "bob", "admin")
+    join(registry, "bob", "admin")
+    registry.receive(
+        alice,
+        ClientMessage(
+            type="position_update", payload=PositionUpdate(x=1.5, y=-2, roomId="r")
+        ),
+    )
+    newcomer, _ = join(registry, "carol")
+    snapshot = next(m for m in newcomer.encoded if m.type == "presence")
+    users = registry.presence("org-a")
+    expected = encode(
+        "presence", Presence(users=[u for u in users if u.userId != "carol"])
+    )
+    assert snapshot.data == expected.data
+    assert b'"connections":2' in snapshot.data
+    assert b'"x":1.5' in snapshot.data
