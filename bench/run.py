@@ -704,7 +704,7 @@ def _table(
 ) -> list[str]:
     rows = sorted(
         {
-            (r["n"], r.get("orgs_planned", 1))
+            (r["n"], r.get("orgs_planned", 1), r.get("load", ""))
             for r in records
             if r["scenario"] == scenario and (load is None or r.get("load") == load)
         }
@@ -718,8 +718,10 @@ def _table(
     lines = [f"### {title}", ""] + ([note, ""] if note else [])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for n, orgs in rows:
+    for n, orgs, row_load in rows:
         label = f"N={n}" if orgs <= 1 else f"{orgs} orgs × {n // orgs}"
+        if load is None and row_load:
+            label += f" {row_load}"
         cells = [label]
         medians = []
         for server in servers:
@@ -730,7 +732,7 @@ def _table(
                 and r["scenario"] == scenario
                 and r["n"] == n
                 and r.get("orgs_planned", 1) == orgs
-                and (load is None or r.get("load") == load)
+                and r.get("load", "") == row_load
             ]
             cells.append(_cell(mine, fmt))
             if ratio:
@@ -867,10 +869,7 @@ def render_report(out: Path) -> str:
         records,
         servers,
         "s4",
-        lambda r: (
-            f"{r.get('load', '')}: {_k(r['deliveries_per_s'])}; "
-            f"{_k(r['notify']['replies_per_s'])}"
-        ),
+        lambda r: f"{_k(r['deliveries_per_s'])}; {_k(r['notify']['replies_per_s'])}",
     )
     lines += t(
         "S4 many orgs: latency p50, p99 (ms)",
@@ -878,17 +877,18 @@ def render_report(out: Path) -> str:
         records,
         servers,
         "s4",
-        lambda r: f"{r.get('load', '')}: {_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+        lambda r: f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
     )
     lines += t(
-        "S5 connection storm: seconds until all N have `connected`; handshake p50, p99 (ms)",
-        "",
+        "S5 connection storm: seconds until all N have `connected`; handshake p50, p99 (ms); listen-queue overflows",
+        "Overflows: SYNs dropped because the server's accept queue was full (TcpExt ListenOverflows); each costs the client a 1 s+ retransmit.",
         records,
         servers,
         "s5",
         lambda r: (
             f"{r['connect']['seconds']:.2f} s; {_ms(r['connect']['handshake_ms']['p50'])}, "
-            f"{_ms(r['connect']['handshake_ms']['p99'])}"
+            f"{_ms(r['connect']['handshake_ms']['p99'])}; "
+            f"{r.get('listen_overflows', {}).get('ListenOverflows', '?')}"
         ),
         lambda r: r["connect"]["seconds"],
         higher_is_better=False,
@@ -909,20 +909,23 @@ def render_report(out: Path) -> str:
             records,
             servers,
             scenario,
-            lambda r: r.get("load", "") + (": " if r.get("load") else "") + noise(r),
+            noise,
         )
     ceiling = load_records([out / "ceiling.jsonl"])
     if ceiling:
         lines += [
             "### Generator ceiling (wsblast on the server core, wsgen on its own)",
             "",
-            "| N | frames per write | frames/s received | generator CPU % | frames per read |",
-            "|---|---|---|---|---|",
+            "| N | frames per write | frames/s received | generator CPU % | frames per read "
+            "| noise: generator wait %, other CPU % |",
+            "|---|---|---|---|---|---|",
         ]
         for r in ceiling:
+            c = r["cpu"]
             lines.append(
                 f"| {r['n']} | {r['batch']} | {_k(r['deliveries_per_s'])} | "
-                f"{r['cpu']['gen_pct']:.0f} | {r['frames_per_read']:.1f} |"
+                f"{c['gen_pct']:.0f} | {r['frames_per_read']:.1f} | "
+                f"{c['gen_wait_pct']:.1f}, {c['other_pct']:.0f} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -458,14 +458,25 @@ static void on_message(conn_t *c, const char *p, size_t n) {
   }
 }
 
+/* A framing error: say what the bytes there were, so a server bug can be shown. */
+static void bad_frame(conn_t *c, const char *b, size_t n, size_t off, const char *what) {
+  char msg[400];
+  int m = snprintf(msg, sizeof msg, "%s at byte %zu of %zu read:", what, off, n);
+  size_t from = off > 24 ? off - 24 : 0;
+  for (size_t i = from; i < n && i < off + 24 && m < (int)sizeof msg - 8; i++)
+    m += snprintf(msg + m, sizeof msg - (size_t)m, i == off ? " [%02x" : i == off + 1 ? " %02x]" : " %02x",
+                  (unsigned char)b[i]);
+  conn_kill(c, &e_protocol, msg);
+}
+
 /* Parse as many whole frames as there are; returns bytes consumed. */
 static size_t parse_frames(conn_t *c, char *b, size_t n) {
   size_t off = 0;
   while (n - off >= 2 && c->state != ST_DEAD) {
     unsigned char b0 = (unsigned char)b[off], b1 = (unsigned char)b[off + 1];
     int fin = b0 >> 7, op = b0 & 15;
-    if (b1 & 0x80) { conn_kill(c, &e_protocol, "masked frame from server"); return off; }
-    if (b0 & 0x70) { conn_kill(c, &e_protocol, "RSV bits set (no extension negotiated)"); return off; }
+    if (b1 & 0x80) { bad_frame(c, b, n, off, "masked frame from server"); return off; }
+    if (b0 & 0x70) { bad_frame(c, b, n, off, "RSV bits set (no extension negotiated)"); return off; }
     uint64_t len = b1 & 127;
     size_t h = 2;
     if (len == 126) {
@@ -718,11 +729,12 @@ static void on_event(conn_t *c, uint32_t ev) {
   char *base;
   size_t have;
   ssize_t r;
-  if (c->in.len) {
+  if (c->in.len) { /* a partial frame is waiting: read behind it */
     buf_reserve(&c->in, c->in.len + 65536);
     r = read(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len);
+    if (r > 0) c->in.len += (size_t)r;
     base = c->in.p;
-    have = c->in.len + (r > 0 ? (size_t)r : 0);
+    have = c->in.len;
   } else {
     r = read(c->fd, rbuf, sizeof rbuf);
     base = rbuf;
