@@ -15,7 +15,7 @@ included) and ``DIR/results.md`` is rewritten from every kept record in it, so
 several servers run into one DIR come out side by side.
 
 By default the server is the installed officerouter: ``twistd -n --pidfile=
-officerouter --port tcp:PORT:interface=127.0.0.1 --env-file FILE`` (plus
+officerouter --port tcp:PORT:interface=127.0.0.1:backlog=1024 --env-file FILE`` (plus
 ``--ping-interval 0`` when the daemon has that option), started in a scratch
 directory so the checkout's plugin cannot shadow the installed one. With ``--cmd``
 any server that reads PORT, CONN_JWT_PUBLIC_KEY, CF_ACCESS_CLIENT_ID and
@@ -213,7 +213,7 @@ class ServerSpec:
         extra = " --ping-interval 0" if self.ping_off else ""
         return (
             f"{self.twistd} -n --pidfile= officerouter "
-            f"--port tcp:$PORT:interface=127.0.0.1 --env-file ENV{extra}"
+            f"--port tcp:$PORT:interface=127.0.0.1:backlog=1024 --env-file ENV{extra}"
         )
 
 
@@ -268,7 +268,7 @@ class Server:
                 "--pidfile=",
                 "officerouter",
                 "--port",
-                f"tcp:{self.port}:interface=127.0.0.1",
+                f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
                 "--env-file",
                 str(officerouter_env_file(spec)),
             ]

@@ -466,6 +466,7 @@ def build_router_parts(
         factory,
         max_body_bytes=limits.max_body_bytes,
         http_timeout=options.pop("http_timeout", 30.0),
+        access_log=options.pop("access_log", False),
     )
     assert not options, f"unknown options {options}"
     return registry, factory, site

@@ -639,3 +639,16 @@ async def test_http_answers_carry_no_version_and_head_has_no_body(router):
     missing = await router.http("GET", "/internal")
     assert missing.code == 404
     assert missing.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("router_options", "logged"), [({}, False), ({"access_log": True}, True)]
+)
+@pytest_twisted.ensureDeferred
+async def test_access_log_only_when_asked(router, router_options, logged):
+    """twisted.web's per-request access line is written only with --access-log."""
+    with capturedLogs() as events:
+        status, _ = await router.notify(_room_updated("org-a", 1))
+    assert status == 200
+    access = [e for e in events if "/internal/notify" in formatEvent(e)]
+    assert bool(access) is logged

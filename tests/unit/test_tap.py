@@ -56,9 +56,9 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_option_defaults():
-    """Without arguments: tcp:8787, no env file, dev and auto-knock off, 64 KiB limits."""
+    """Without arguments: tcp:8787 (backlog 1024), no env file, dev and auto-knock off, 64 KiB limits."""
     options = parse()
-    assert options["port"] == "tcp:8787"
+    assert options["port"] == "tcp:8787:backlog=1024"
     assert options["env-file"] is None
     assert not options["dev"]
     assert not options["auto-knock"]
