@@ -335,11 +335,13 @@ class HistoryService(service.Service):
         self,
         registry: OrgRegistry,
         factory: OfficeServerFactory,
+        in_flight: InFlight,
         reactor: IReactorTime,
         timeout: float,
     ) -> None:
         self._registry = registry
         self._factory = factory
+        self._in_flight = in_flight
         self._reactor = reactor
         self._timeout = timeout
 
@@ -353,11 +355,13 @@ class HistoryService(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         # MultiService stops its children without waiting for one another: wait
-        # for the router's connections to go, then write the history's last state.
-        idle = self._factory.when_idle()
+        # for the router's connections and HTTP requests to go (a notify still
+        # arriving is numbered and kept), then write the history's last state.
+        idle = defer.gatherResults(
+            [self._factory.when_idle(), self._in_flight.when_idle()]
+        )
         idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
-        idle.addCallback(lambda _: self._registry.stop())
-        return idle
+        return idle.addCallback(lambda _: self._registry.stop())
 
 
 def history_store(option: str, reactor: Any) -> HistoryStore:
@@ -538,7 +542,7 @@ def makeService(options: usage.Options) -> service.IService:
     top = service.MultiService()
     # Started first (the store is open before anyone connects), stopped last.
     HistoryService(
-        registry, factory, clock, options["shutdown-timeout"]
+        registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
     # MultiService stops children in reverse order: the listener stops first,
     # then the router closes the connections.

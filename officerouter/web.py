@@ -98,7 +98,9 @@ class BoundedRequest(server.Request):
         self._deadline: IDelayedCall | None = channel.callLater(
             self.request_timeout, self._too_slow
         )
-        in_flight: InFlight | None = getattr(self.site, "in_flight", None)
+        # self.site is only set in process(); the channel knows it from the start.
+        site = getattr(channel, "site", None)
+        in_flight: InFlight | None = getattr(site, "in_flight", None)
         if in_flight is not None:
             in_flight.add(self)
             self.notifyFinish().addBoth(lambda _: in_flight.discard(self))

@@ -439,6 +439,19 @@ class OfficeServerFactory(WebSocketServerFactory):
         )
         if permessage_deflate:
             self.setProtocolOptions(perMessageCompressionAccept=_accept_deflate)
+        # Autobahn copies every protocol option (about forty) from the factory
+        # into each connection's __dict__ unless the protocol class already has
+        # it.  A subclass of our own per factory carries them once instead.
+        self.protocol = type(  # type: ignore[assignment]
+            OfficeServerProtocol.__name__,
+            (OfficeServerProtocol,),
+            {
+                # A function stored on a class would be bound to each instance.
+                name: staticmethod(value) if callable(value) else value
+                for name in OfficeServerProtocol.CONFIG_ATTRS
+                for value in (getattr(self, name),)
+            },
+        )
 
     def forget(self, protocol: OfficeServerProtocol) -> None:
         """A connection is gone; wake whoever waits for none to be left."""

@@ -15,6 +15,8 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.logger import capturedLogs, eventAsJSON, formatEvent
 
+from officerouter.tap import RouterService
+
 pytestmark = pytest.mark.e2e
 
 
@@ -652,3 +654,44 @@ async def test_access_log_only_when_asked(router, router_options, logged):
     assert status == 200
     access = [e for e in events if "/internal/notify" in formatEvent(e)]
     assert bool(access) is logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_waits_for_a_notify_still_arriving(router, token):
+    """A stop waits for a notify whose body is still arriving, which then gets its answer."""
+    client = await router.connect(token("alice", "org-a"))
+    body = json.dumps(_room_updated("org-a", 7)).encode()
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    try:
+        sock.sendall(
+            b"POST /internal/notify HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"CF-Access-Client-Id: {router.service_id}\r\n".encode()
+            + f"CF-Access-Client-Secret: {router.service_secret}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        await _until(lambda: len(router.site.in_flight.requests) == 1)
+        service = RouterService(
+            router.registry, router.factory, router.site.in_flight, reactor, 5.0
+        )
+        stopped = service.stopService()
+        code, _ = await client.wait_closed()
+        assert code == 1001
+        await _sleep(0.2)
+        assert not stopped.called, "the stop did not wait for the request"
+        sock.sendall(body[10:])
+        got = b""
+
+        def answered() -> bool:
+            nonlocal got
+            with contextlib.suppress(BlockingIOError):
+                got += sock.recv(65536)
+            return b"\r\n\r\n" in got
+
+        await _until(answered)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        await _until(lambda: stopped.called)
+    finally:
+        sock.close()
