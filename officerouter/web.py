@@ -11,7 +11,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
@@ -58,6 +60,55 @@ class InFlight:
         return d
 
 
+class OfficeChannel(http.HTTPChannel):
+    """An HTTP/1.1 connection that must send each request line in time.
+
+    Twisted's idle timer restarts with every byte, so a client sending its
+    request line a byte at a time would hold the connection for as long as it
+    likes; this deadline does not restart.  Once the line is in, the request's
+    own deadline (:class:`BoundedRequest`) takes over.
+    """
+
+    request_line_timeout = 30.0
+    _line_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.expect_request()
+
+    def expect_request(self) -> None:
+        """Start the clock for the next request line."""
+        self.request_arrived()
+        self._line_deadline = self.callLater(
+            self.request_line_timeout, self._line_too_slow
+        )
+
+    def request_arrived(self) -> None:
+        """A request line is in: its request keeps time from here."""
+        if self._line_deadline is not None and self._line_deadline.active():
+            self._line_deadline.cancel()
+        self._line_deadline = None
+
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        if self.transport is not None and self.persistent and not self.requests:
+            self.expect_request()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.request_arrived()
+        super().connectionLost(reason)
+
+    def _line_too_slow(self) -> None:
+        self._line_deadline = None
+        if self.transport is not None:
+            log.info(
+                "dropped {peer}: no request line within {seconds} s",
+                peer=str(self.transport.getPeer()),
+                seconds=self.request_line_timeout,
+            )
+            self.transport.loseConnection()
+
+
 class OfficeSite(server.Site):
     """The daemon's Site: it knows which requests are in flight, and logs access
     only when asked (``--access-log``).
@@ -66,12 +117,21 @@ class OfficeSite(server.Site):
     (profiled under load), and the backend calls notify for every event.
     """
 
+    # HTTP/1.1 only (no HTTP/2 negotiation): WebSocket upgrades need it anyway.
+    protocol = OfficeChannel  # type: ignore[assignment]
+
     def __init__(
         self, resource: Resource, *, access_log: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(resource, **kwargs)
         self.in_flight = InFlight()
         self.access_log = access_log
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if isinstance(channel, OfficeChannel):
+            channel.request_line_timeout = self.timeOut or 30.0
+        return channel
 
     def log(self, request: http.Request) -> None:
         if self.access_log:
@@ -93,6 +153,8 @@ class BoundedRequest(server.Request):
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        if isinstance(channel, OfficeChannel):
+            channel.request_arrived()
         self._refused = False
         self._body_received = 0
         self._deadline: IDelayedCall | None = channel.callLater(
@@ -100,10 +162,9 @@ class BoundedRequest(server.Request):
         )
         # self.site is only set in process(); the channel knows it from the start.
         site = getattr(channel, "site", None)
-        in_flight: InFlight | None = getattr(site, "in_flight", None)
-        if in_flight is not None:
-            in_flight.add(self)
-            self.notifyFinish().addBoth(lambda _: in_flight.discard(self))
+        self._in_flight: InFlight | None = getattr(site, "in_flight", None)
+        if self._in_flight is not None:
+            self._in_flight.add(self)
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # No version on the wire: twisted.web would announce its own.
@@ -135,6 +196,16 @@ class BoundedRequest(server.Request):
     def connectionLost(self, reason: Any) -> None:
         self._stop_deadline()
         super().connectionLost(reason)
+        self._done()
+
+    def finish(self) -> None:
+        super().finish()
+        self._done()
+
+    def _done(self) -> None:
+        # Not notifyFinish(): its callback would tie the request to itself.
+        if self._in_flight is not None:
+            self._in_flight.discard(self)
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():

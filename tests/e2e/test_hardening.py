@@ -609,13 +609,14 @@ async def test_compressed_client_that_stops_reading_is_still_bounded(router, tok
 @pytest.mark.parametrize("router_options", [{"http_timeout": 1.0}])
 @pytest_twisted.ensureDeferred
 async def test_request_dribbled_byte_by_byte_gets_408(router):
-    """A request arriving a byte at a time is answered 408 once its time is up."""
+    """Headers arriving a byte at a time are answered 408 once the request's time is up."""
     sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
     sock.setblocking(False)
-    request = b"POST /internal/notify HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    sock.sendall(b"POST /internal/notify HTTP/1.1\r\n")
+    headers = b"Host: x\r\nX-Slow: " + b"a" * 200
     got = b""
     try:
-        for byte in request:
+        for byte in headers:
             try:
                 sock.sendall(bytes([byte]))
             except OSError:
@@ -693,5 +694,36 @@ async def test_stop_waits_for_a_notify_still_arriving(router, token):
         await _until(answered)
         assert got.startswith(b"HTTP/1.1 200 ")
         await _until(lambda: stopped.called)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("router_options", [{"http_timeout": 1.0}])
+@pytest_twisted.ensureDeferred
+async def test_request_line_dribbled_byte_by_byte_is_dropped(router):
+    """A request line arriving a byte at a time is dropped once its time is up."""
+    sock = socket.create_connection(("127.0.0.1", router.port.getHost().port))
+    sock.setblocking(False)
+    line = b"GET /healthz?" + b"a" * 200 + b" HTTP/1.1\r\n"
+    started = reactor.seconds()
+    closed = False
+    try:
+        for byte in line:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            await _sleep(0.05)
+            try:
+                closed = sock.recv(4096) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+            if closed:
+                break
+        assert closed, "the connection outlived the request-line deadline"
+        assert reactor.seconds() - started < 3
     finally:
         sock.close()
