@@ -399,17 +399,17 @@ class OrgRoom:
             if isinstance(action, SetRole):
                 after.extend(self._set_role(action.user_id, action.role))
         targets = self._targets(notification)
-        if notification.routing == "broadcast":
+        role_changes = [a for a in actions if isinstance(a, SetRole)]
+        if role_changes and notification.routing == "broadcast":
             # The subject of a role change always hears of it, even when the new
             # role (pending_guest) takes them out of the broadcast audience.
             listed = {session.connection_id for session in targets}
-            for action in actions:
-                if isinstance(action, SetRole):
-                    targets.extend(
-                        session
-                        for session in self._by_user.get(action.user_id, {}).values()
-                        if session.connection_id not in listed
-                    )
+            for action in role_changes:
+                targets.extend(
+                    session
+                    for session in self._by_user.get(action.user_id, {}).values()
+                    if session.connection_id not in listed
+                )
         encoded = self.stream.record(
             notification.type,
             notification.payload,

@@ -727,3 +727,14 @@ async def test_request_line_dribbled_byte_by_byte_is_dropped(router):
         assert reactor.seconds() - started < 3
     finally:
         sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_form_posts_are_not_parsed_but_refused_415(router):
+    """A multipart body is answered 415 by the notify endpoint, not parsed by twisted.web."""
+    status, body = await router.notify(
+        b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\nb\r\n--broken",
+        content_type="multipart/form-data; boundary=x",
+    )
+    assert status == 415
+    assert body["error"] == "unsupported_media_type"
