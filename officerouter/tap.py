@@ -296,6 +296,18 @@ class Options(usage.Options):
             self.parent["logger"] = "officerouter.logs.json_observer"
 
 
+def when_quiet(
+    factory: OfficeServerFactory,
+    in_flight: InFlight,
+    reactor: IReactorTime,
+    timeout: float,
+) -> defer.Deferred[None]:
+    """Fire once no WebSocket and no HTTP request is left, or after ``timeout``."""
+    idle = defer.gatherResults([factory.when_idle(), in_flight.when_idle()])
+    idle.addTimeout(timeout, reactor, onTimeoutCancel=lambda *_: None)
+    return idle.addCallback(lambda _: None)
+
+
 class RouterService(service.Service):
     """On stop: close every WebSocket with 1001, then wait (bounded) until they are gone."""
 
@@ -321,11 +333,7 @@ class RouterService(service.Service):
         )
         self._factory.stopping = True
         self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
-        idle = defer.gatherResults(
-            [self._factory.when_idle(), self._in_flight.when_idle()]
-        )
-        idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
-        return idle.addCallback(lambda _: None)
+        return when_quiet(self._factory, self._in_flight, self._reactor, self._timeout)
 
 
 class HistoryService(service.Service):
@@ -357,11 +365,8 @@ class HistoryService(service.Service):
         # MultiService stops its children without waiting for one another: wait
         # for the router's connections and HTTP requests to go (a notify still
         # arriving is numbered and kept), then write the history's last state.
-        idle = defer.gatherResults(
-            [self._factory.when_idle(), self._in_flight.when_idle()]
-        )
-        idle.addTimeout(self._timeout, self._reactor, onTimeoutCancel=lambda *_: None)
-        return idle.addCallback(lambda _: self._registry.stop())
+        quiet = when_quiet(self._factory, self._in_flight, self._reactor, self._timeout)
+        return quiet.addCallback(lambda _: self._registry.stop())
 
 
 def history_store(option: str, reactor: Any) -> HistoryStore:

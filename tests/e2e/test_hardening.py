@@ -32,6 +32,25 @@ async def _until(predicate, timeout: float = 5.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+async def _response(sock: socket.socket) -> bytes:
+    """Read from a non-blocking socket until a response head arrives or it closes."""
+    got = b""
+    closed = False
+
+    def answered() -> bool:
+        nonlocal got, closed
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        closed = data == b""
+        got += data
+        return closed or b"\r\n\r\n" in got
+
+    await _until(answered)
+    return got
+
+
 class RawClient:
     """A WebSocket client on a plain socket that reads only when told to.
 
@@ -359,15 +378,7 @@ async def test_oversized_body_is_refused_before_it_is_read(router):
             + b"{"
             * 1000
         )
-        got = b""
-
-        def answered() -> bool:
-            nonlocal got
-            with contextlib.suppress(BlockingIOError):
-                got += sock.recv(65536)
-            return b"\r\n\r\n" in got
-
-        await _until(answered)
+        got = await _response(sock)
         assert got.startswith(b"HTTP/1.1 413 ")
         body = json.loads(got.partition(b"\r\n\r\n")[2])
         assert body["error"] == "payload_too_large"
@@ -389,15 +400,7 @@ async def test_chunked_body_over_the_limit_is_cut_off_with_413(router):
             + (b"258\r\n" + chunk + b"\r\n")
             * 2
         )
-        got = b""
-
-        def answered() -> bool:
-            nonlocal got
-            with contextlib.suppress(BlockingIOError):
-                got += sock.recv(65536)
-            return b"\r\n\r\n" in got
-
-        await _until(answered)
+        got = await _response(sock)
         assert got.startswith(b"HTTP/1.1 413 ")
         assert got.count(b"HTTP/1.1") == 1
     finally:
@@ -467,18 +470,7 @@ async def test_oversized_handshake_headers_are_refused(router, token):
     try:
         padding = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 500) for i in range(40))
         sock.sendall(b"GET /websocket HTTP/1.1\r\nHost: x\r\n" + padding + b"\r\n")
-        got = b""
-
-        def answered() -> bool:
-            nonlocal got
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                return False
-            got += data
-            return data == b"" or b"\r\n\r\n" in got
-
-        await _until(answered)
+        got = await _response(sock)
         assert got.startswith(b"HTTP/1.1 400")
         assert router.registry.connection_count == 0
     finally:
@@ -683,15 +675,7 @@ async def test_stop_waits_for_a_notify_still_arriving(router, token):
         await _sleep(0.2)
         assert not stopped.called, "the stop did not wait for the request"
         sock.sendall(body[10:])
-        got = b""
-
-        def answered() -> bool:
-            nonlocal got
-            with contextlib.suppress(BlockingIOError):
-                got += sock.recv(65536)
-            return b"\r\n\r\n" in got
-
-        await _until(answered)
+        got = await _response(sock)
         assert got.startswith(b"HTTP/1.1 200 ")
         await _until(lambda: stopped.called)
     finally:
