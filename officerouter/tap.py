@@ -309,35 +309,13 @@ def when_quiet(
 
 
 class RouterService(service.Service):
-    """On stop: close every WebSocket with 1001, then wait (bounded) until they are gone."""
+    """The router's life: open the history store before the daemon listens; on
+    stop, refuse new handshakes, close every WebSocket with 1001, wait (bounded)
+    until no connection and no HTTP request is left, then write the history's
+    last state.
 
-    def __init__(
-        self,
-        registry: OrgRegistry,
-        factory: OfficeServerFactory,
-        in_flight: InFlight,
-        reactor: IReactorTime,
-        timeout: float,
-    ) -> None:
-        self._registry = registry
-        self._factory = factory
-        self._in_flight = in_flight
-        self._reactor = reactor
-        self._timeout = timeout
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        log.info(
-            "stopping: closing {count} connections",
-            count=len(self._factory.live),
-        )
-        self._factory.stopping = True
-        self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
-        return when_quiet(self._factory, self._in_flight, self._reactor, self._timeout)
-
-
-class HistoryService(service.Service):
-    """Opens the history store before the daemon listens; closes it last on stop."""
+    A notify still arriving during the stop is answered, numbered and kept.
+    """
 
     def __init__(
         self,
@@ -362,9 +340,12 @@ class HistoryService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        # MultiService stops its children without waiting for one another: wait
-        # for the router's connections and HTTP requests to go (a notify still
-        # arriving is numbered and kept), then write the history's last state.
+        log.info(
+            "stopping: closing {count} connections",
+            count=len(self._factory.live),
+        )
+        self._factory.stopping = True
+        self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
         quiet = when_quiet(self._factory, self._in_flight, self._reactor, self._timeout)
         return quiet.addCallback(lambda _: self._registry.stop())
 
@@ -545,12 +526,8 @@ def makeService(options: usage.Options) -> service.IService:
         ) from None
     exit_cleanly_on_signals(reactor)
     top = service.MultiService()
-    # Started first (the store is open before anyone connects), stopped last.
-    HistoryService(
-        registry, factory, site.in_flight, clock, options["shutdown-timeout"]
-    ).setServiceParent(top)
-    # MultiService stops children in reverse order: the listener stops first,
-    # then the router closes the connections.
+    # Started before the listener (the store is open before anyone connects);
+    # MultiService stops children in reverse order, so the listener stops first.
     RouterService(
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
