@@ -28,9 +28,10 @@ from officerouter.config import (
 )
 from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
+from officerouter.inflight import InFlight
 from officerouter.limits import Limits, OriginPolicy
 from officerouter.rooms import OrgRegistry
-from officerouter.web import InFlight, make_site
+from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
 
 log = Logger()
@@ -297,13 +298,13 @@ class Options(usage.Options):
 
 
 def when_quiet(
-    factory: OfficeServerFactory,
-    in_flight: InFlight,
+    connections: InFlight[Any],
+    requests: InFlight[Any],
     reactor: IReactorTime,
     timeout: float,
 ) -> defer.Deferred[None]:
     """Fire once no WebSocket and no HTTP request is left, or after ``timeout``."""
-    idle = defer.gatherResults([factory.when_idle(), in_flight.when_idle()])
+    idle = defer.gatherResults([connections.when_idle(), requests.when_idle()])
     idle.addTimeout(timeout, reactor, onTimeoutCancel=lambda *_: None)
     return idle.addCallback(lambda _: None)
 
@@ -321,7 +322,7 @@ class RouterService(service.Service):
         self,
         registry: OrgRegistry,
         factory: OfficeServerFactory,
-        in_flight: InFlight,
+        in_flight: InFlight[Any],
         reactor: IReactorTime,
         timeout: float,
     ) -> None:
@@ -346,7 +347,9 @@ class RouterService(service.Service):
         )
         self._factory.stopping = True
         self._registry.close_all(codes.CLOSE_GOING_AWAY, codes.REASON_SHUTDOWN)
-        quiet = when_quiet(self._factory, self._in_flight, self._reactor, self._timeout)
+        quiet = when_quiet(
+            self._factory.live, self._in_flight, self._reactor, self._timeout
+        )
         return quiet.addCallback(lambda _: self._registry.stop())
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -21,6 +20,7 @@ from officerouter import codes
 from officerouter.auth import service_token_matches
 from officerouter.codec import ContractError, converter, decode_notify, dumps
 from officerouter.config import Settings
+from officerouter.inflight import InFlight
 from officerouter.messages import MAX_ID_LENGTH
 from officerouter.rooms import OrgRegistry
 from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
@@ -28,36 +28,6 @@ from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 log = Logger()
 
 JSON_TYPES = frozenset({b"application/json"})
-
-
-class InFlight:
-    """The HTTP requests a site is serving, so that a stop can wait for them.
-
-    A request counts from its first line until its response is finished or its
-    connection is lost; an upgraded WebSocket counts until it is gone.
-    """
-
-    def __init__(self) -> None:
-        self.requests: set[http.Request] = set()
-        self._waiting: list[Deferred[None]] = []
-
-    def add(self, request: http.Request) -> None:
-        self.requests.add(request)
-
-    def discard(self, request: http.Request) -> None:
-        self.requests.discard(request)
-        if not self.requests:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        """Fire once no request is in flight."""
-        if not self.requests:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        return d
 
 
 class OfficeChannel(http.HTTPChannel):
@@ -124,7 +94,10 @@ class OfficeSite(server.Site):
         self, resource: Resource, *, access_log: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(resource, **kwargs)
-        self.in_flight = InFlight()
+        #: The HTTP requests being served: each counts from its request line
+        #: until its response is finished or its connection is lost (an upgraded
+        #: request is handed to the WebSocket factory's own count).
+        self.in_flight: InFlight[http.Request] = InFlight()
         self.access_log = access_log
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -167,7 +140,9 @@ class BoundedRequest(server.Request):
         )
         # self.site is only set in process(); the channel knows it from the start.
         site = getattr(channel, "site", None)
-        self._in_flight: InFlight | None = getattr(site, "in_flight", None)
+        self._in_flight: InFlight[http.Request] | None = getattr(
+            site, "in_flight", None
+        )
         if self._in_flight is not None:
             self._in_flight.add(self)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
-from typing import Any, NoReturn
+from typing import Any
 
 from zope.interface import implementer
 
@@ -26,7 +26,6 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
@@ -45,6 +44,7 @@ from officerouter.auth import (
     token_from_subprotocols,
 )
 from officerouter.codec import ContractError, Encoded, decode_client
+from officerouter.inflight import InFlight
 from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
 
@@ -165,9 +165,6 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error authenticating a connection")
             raise ConnectionDeny(500, codes.REASON_INTERNAL) from None
 
-    def _deny(self, request: ConnectionRequest, status: int, reason: str) -> NoReturn:
-        raise ConnectionDeny(status, reason)
-
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Any = None
     ) -> None:
@@ -186,23 +183,23 @@ class OfficeServerProtocol(WebSocketServerProtocol):
     def _authenticate(self, request: ConnectionRequest) -> str:
         factory = self.factory
         if factory.stopping:
-            self._deny(request, 503, codes.REASON_SHUTDOWN)
+            raise ConnectionDeny(503, codes.REASON_SHUTDOWN)
         if not factory.origins.allows(request.origin):
-            self._deny(request, 403, codes.REASON_ORIGIN)
+            raise ConnectionDeny(403, codes.REASON_ORIGIN)
         try:
             token, echo = token_from_subprotocols(request.protocols)
             identity = factory.verifier.verify(token)
             factory.registry.check_admission(identity)
         except AuthError as e:
-            self._deny(request, 401, e.reason)
+            raise ConnectionDeny(401, e.reason) from None
         except RefusedError as e:
-            self._deny(request, e.status, e.reason)
+            raise ConnectionDeny(e.status, e.reason) from None
         positions = request.params.get("positions", [""])[0]
         if positions not in ("", "batched"):
-            self._deny(request, 400, codes.REASON_POSITIONS_PARAM)
+            raise ConnectionDeny(400, codes.REASON_POSITIONS_PARAM)
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
-            self._deny(request, *refusal)
+            raise ConnectionDeny(*refusal)
         self._identity = identity
         since = request.params.get("since")
         self._since = since[0] if since else None
@@ -317,7 +314,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._leave()
-        self.factory.forget(self)
+        self.factory.live.discard(self)
 
     def _leave(self) -> None:
         """Leave the room and free the queue; idempotent."""
@@ -421,10 +418,9 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
         #: Every open or closing connection, until its TCP connection is gone.
-        self.live: set[OfficeServerProtocol] = set()
+        self.live: InFlight[OfficeServerProtocol] = InFlight()
         #: Set when the daemon stops: new handshakes are refused with 503.
         self.stopping = False
-        self._idle_waiters: list[Deferred[None]] = []
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
             maxMessagePayloadSize=limits.max_message_bytes,
@@ -452,22 +448,6 @@ class OfficeServerFactory(WebSocketServerFactory):
                 for value in (getattr(self, name),)
             },
         )
-
-    def forget(self, protocol: OfficeServerProtocol) -> None:
-        """A connection is gone; wake whoever waits for none to be left."""
-        self.live.discard(protocol)
-        if not self.live:
-            waiting, self._idle_waiters = self._idle_waiters, []
-            for d in waiting:
-                d.callback(None)
-
-    def when_idle(self) -> Deferred[None]:
-        """Fire once no connection is open or closing."""
-        if not self.live:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle_waiters.append(d)
-        return d
 
     def capacity_refusal(self, identity: Identity) -> tuple[int, str] | None:
         """The (status, reason) refusing a new connection past a cap, or ``None``.

@@ -665,7 +665,7 @@ async def test_stop_waits_for_a_notify_still_arriving(router, token):
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        await _until(lambda: len(router.site.in_flight.requests) == 1)
+        await _until(lambda: len(router.site.in_flight) == 1)
         service = RouterService(
             router.registry, router.factory, router.site.in_flight, reactor, 5.0
         )
