@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,6 +19,10 @@ class InFlight(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        """The things in flight now (a snapshot)."""
+        return iter(list(self._items))
 
     def add(self, item: T) -> None:
         """Count ``item`` as in flight."""

@@ -106,6 +106,11 @@ class Options(usage.Options):
             "Accept permessage-deflate (costs CPU per connection on every broadcast).",
         ],
         [
+            "no-direct-writes",
+            None,
+            "Write only through Twisted's transport buffer (see docs/benchmarks.md).",
+        ],
+        [
             "auto-knock",
             None,
             "Send guest_knock to owners and admins when a pending guest connects.",
@@ -511,6 +516,7 @@ def makeService(options: usage.Options) -> service.IService:
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
         permessage_deflate=bool(options["permessage-deflate"]),
+        direct_writes=not options["no-direct-writes"],
     )
     site = make_site(
         registry,

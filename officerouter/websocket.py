@@ -26,6 +26,7 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
@@ -81,6 +82,24 @@ def _set_send_buffer(transport: Any, size: int) -> None:
         handle = transport.getHandle()
         if isinstance(handle, socket.socket):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def direct_writes_possible(transport: Any) -> bool:
+    """Whether :meth:`OfficeServerProtocol.flush` may try the socket first.
+
+    Only for Twisted's plain TCP server transport, whose buffer we can see empty
+    (``dataBuffer``, ``_tempDataLen``) and whose ``writeSomeData`` sends on the
+    socket and reports errors without raising.  A TLS connection wraps its own
+    protocol around this transport and is never a ``tcp.Server`` here: its bytes
+    must go through the TLS layer.  Checked per connection, so a Twisted that
+    renamed these falls back to ``transport.write`` instead of breaking.
+    """
+    return (
+        type(transport) is tcp.Server
+        and isinstance(getattr(transport, "dataBuffer", None), bytes)
+        and isinstance(getattr(transport, "_tempDataLen", None), int)
+        and callable(getattr(transport, "writeSomeData", None))
+    )
 
 
 def _accept_deflate(offers: list[Any]) -> Any:
@@ -150,6 +169,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._guard: FloodGuard | None = None
         self._scheduled = False
         self._compressing = False
+        self._direct = False
         self.paused = False
 
     # ------------------------------------------------------------ handshake
@@ -226,6 +246,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         transport.registerProducer(_Backpressure(self), True)
         factory.live.add(self)
         self._compressing = self._perMessageCompress is not None
+        self._direct = factory.direct_writes and direct_writes_possible(transport)
         try:
             self._session = factory.registry.connect(
                 self._identity,
@@ -368,8 +389,32 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             for data in outbox.take_each():
                 self.sendMessage(data)
             return
-        assert self.transport is not None
-        self.transport.write(outbox.take())
+        self._write(outbox.take())
+
+    def _write(self, data: bytes) -> None:
+        """Write to the socket at once if nothing is waiting before it, else queue.
+
+        ``transport.write`` on an idle connection costs Twisted an epoll register,
+        a dispatch and an unregister before the one ``send``; when the transport's
+        buffer is empty (nothing written before can be overtaken) the send is
+        tried here first, and only what the kernel did not take is queued.
+        Errors are left to Twisted: the data is queued and its next write
+        finds the connection lost.
+        """
+        transport: Any = self.transport
+        if (
+            self._direct
+            and transport.connected
+            and not transport.dataBuffer
+            and not transport._tempDataLen
+            and not transport.disconnecting
+        ):
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        transport.write(data)
 
     def close(self, code: int, reason: str) -> None:
         """Send what is queued, then start the closing handshake."""
@@ -402,6 +447,7 @@ class OfficeServerFactory(WebSocketServerFactory):
         limits: Limits,
         origins: OriginPolicy | None = None,
         permessage_deflate: bool = False,
+        direct_writes: bool = True,
         ping_interval: float = 25.0,
         ping_timeout: float = 10.0,
         open_handshake_timeout: float = 10.0,
@@ -417,6 +463,9 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.limits = limits
         self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
+        #: Try the socket before Twisted's buffer (plain TCP only; see
+        #: :func:`direct_writes_possible`).
+        self.direct_writes = direct_writes
         #: Every open or closing connection, until its TCP connection is gone.
         self.live: InFlight[OfficeServerProtocol] = InFlight()
         #: Set when the daemon stops: new handshakes are refused with 503.

@@ -9,13 +9,18 @@ sleeping.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import os
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from types import EllipsisType
 from typing import Any
 
 import attrs
+from zope.interface import implementer
 
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -24,11 +29,13 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponse,
     PerMessageDeflateResponseAccept,
 )
-from twisted.internet import endpoints, reactor
+from twisted.internet import endpoints, reactor, task
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
 
 from officerouter.auth import TokenVerifier
 from officerouter.catalog import BUILTIN
@@ -206,6 +213,91 @@ class ServerConnections:
         return d
 
 
+async def sleep(seconds: float) -> None:
+    """Wait ``seconds`` on the reactor."""
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; fail after ``timeout``."""
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+class RawClient:
+    """A WebSocket client on a plain socket that reads only when told to.
+
+    Its receive buffer is small, so a server writing to it fills up quickly.
+    """
+
+    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                "GET /websocket HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {token}\r\n\r\n"
+            ).encode()
+        )
+        self.buffer = b""
+
+    def read_available(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            if not data:
+                chunks.append(b"")
+                break
+            chunks.append(data)
+        got = b"".join(chunks)
+        self.buffer += got
+        return got
+
+    async def handshake(self) -> None:
+        await wait_until(
+            lambda: self.read_available() is not None and b"\r\n\r\n" in self.buffer
+        )
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """Parse whole frames out of what was read so far: (opcode, payload)."""
+        out = []
+        buf = self.buffer
+        while len(buf) >= 2:
+            opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
+            offset = 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, offset = struct.unpack("!H", buf[2:4])[0], 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, offset = struct.unpack("!Q", buf[2:10])[0], 10
+            if len(buf) < offset + n:
+                break
+            out.append((opcode, buf[offset : offset + n]))
+            buf = buf[offset + n :]
+        self.buffer = buf
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @attrs.define
 class HTTPResult:
     """A response read whole: status, headers, body, and the body as JSON if it is."""
@@ -216,6 +308,17 @@ class HTTPResult:
 
     def json(self) -> Any:
         return json.loads(self.content)
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class _Trust:
+    """HTTPS to the test router: its certificate, checked, for every netloc."""
+
+    options: Any
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return self.options
 
 
 @attrs.define
@@ -233,14 +336,19 @@ class Router:
     #: The WebSocket factory and the Site, for tests of the adapters themselves.
     factory: Any = None
     site: Any = None
+    #: Client TLS options (``optionsForClientTLS``) when the router listens on
+    #: ``ssl:``; ``None`` for TCP.
+    tls: Any = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port.getHost().port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port.getHost().port}/websocket"
+        scheme = "ws" if self.tls is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port.getHost().port}/websocket"
 
     async def connect(
         self,
@@ -278,8 +386,11 @@ class Router:
             )
         factory.opened = Deferred()
         factory.opened.addTimeout(TIMEOUT, reactor)
-        endpoint = endpoints.TCP4ClientEndpoint(
-            reactor, "127.0.0.1", self.port.getHost().port
+        port = self.port.getHost().port
+        endpoint = (
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            if self.tls is None
+            else endpoints.SSL4ClientEndpoint(reactor, "127.0.0.1", port, self.tls)
         )
         protocol = await endpoint.connect(factory)
         self.clients.append(protocol)
@@ -298,12 +409,16 @@ class Router:
         data: bytes | None = None,
     ) -> HTTPResult:
         """One HTTP request on its own connection, read whole."""
+        extra: dict[str, Any] = {}
+        if self.tls is not None:
+            extra["agent"] = Agent(reactor, contextFactory=_Trust(self.tls))
         response = await treq.request(
             method,
             self.base + path,
             data=data,
             headers=headers or {},
             persistent=False,
+            **extra,
         )
         content = await response.content()
         return HTTPResult(response.code, response.headers, content)
@@ -435,7 +550,7 @@ def build_router_parts(
     """Registry, WebSocket factory and Site as makeService builds them.
 
     :param options: ``auto_knock``, ``ban_memory``, ``ping_interval``,
-        ``ping_timeout``, ``allowed_origins`` (a list),
+        ``ping_timeout``, ``allowed_origins`` (a list), ``direct_writes``,
         ``http_timeout``, and any field of :class:`~officerouter.limits.Limits`.
     """
     registry = OrgRegistry(
@@ -459,6 +574,7 @@ def build_router_parts(
         ping_interval=options.pop("ping_interval", 0),
         ping_timeout=options.pop("ping_timeout", 10),
         permessage_deflate=options.pop("permessage_deflate", False),
+        direct_writes=options.pop("direct_writes", True),
     )
     site = make_site(
         registry,

@@ -12,24 +12,13 @@ import struct
 import pytest
 
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.logger import capturedLogs, eventAsJSON, formatEvent
 
 from officerouter.tap import RouterService
+from tests.loopback import RawClient, sleep, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-async def _sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await _sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def _response(sock: socket.socket) -> bytes:
@@ -47,79 +36,8 @@ async def _response(sock: socket.socket) -> bytes:
         got += data
         return closed or b"\r\n\r\n" in got
 
-    await _until(answered)
+    await wait_until(answered)
     return got
-
-
-class RawClient:
-    """A WebSocket client on a plain socket that reads only when told to.
-
-    Its receive buffer is small, so a server writing to it fills up quickly.
-    """
-
-    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.connect(("127.0.0.1", port))
-        self.sock.setblocking(False)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                "GET /websocket HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: {token}\r\n\r\n"
-            ).encode()
-        )
-        self.buffer = b""
-
-    def read_available(self) -> bytes:
-        chunks = []
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            if not data:
-                chunks.append(b"")
-                break
-            chunks.append(data)
-        got = b"".join(chunks)
-        self.buffer += got
-        return got
-
-    async def handshake(self) -> None:
-        await _until(
-            lambda: self.read_available() is not None and b"\r\n\r\n" in self.buffer
-        )
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def frames(self) -> list[tuple[int, bytes]]:
-        """Parse whole frames out of what was read so far: (opcode, payload)."""
-        out = []
-        buf = self.buffer
-        while len(buf) >= 2:
-            opcode, n = buf[0] & 0x0F, buf[1] & 0x7F
-            offset = 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, offset = struct.unpack("!H", buf[2:4])[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, offset = struct.unpack("!Q", buf[2:10])[0], 10
-            if len(buf) < offset + n:
-                break
-            out.append((opcode, buf[offset : offset + n]))
-            buf = buf[offset + n :]
-        self.buffer = buf
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _room_updated(org: str, i: int) -> dict:
@@ -147,7 +65,7 @@ async def test_client_that_stops_reading_is_closed_1013_and_freed(router, token)
     slow = RawClient(router.port.getHost().port, token("slow", "org-a"))
     try:
         await slow.handshake()
-        await _until(lambda: router.registry.connection_count == 1)
+        await wait_until(lambda: router.registry.connection_count == 1)
         fast = await router.connect(token("fast", "org-a"))
         for i in range(600):
             status, _ = await router.notify(_room_updated("org-a", i))
@@ -155,7 +73,7 @@ async def test_client_that_stops_reading_is_closed_1013_and_freed(router, token)
             if router.registry.user_connection_count("org-a", "slow") == 0:
                 break
         # The slow client was dropped; the fast one got every message.
-        await _until(
+        await wait_until(
             lambda: router.registry.user_connection_count("org-a", "slow") == 0
         )
         for n in range(i + 1):
@@ -163,7 +81,7 @@ async def test_client_that_stops_reading_is_closed_1013_and_freed(router, token)
             assert frame["payload"]["roomId"] == f"r{n}"
         await router.barrier(fast)
         # What the slow client eventually reads ends with a 1013 close frame.
-        await _until(
+        await wait_until(
             lambda: (slow.read_available() or True) and b"\x88" in slow.buffer[-64:]
         )
         frames = slow.frames()
@@ -201,9 +119,9 @@ async def test_slow_client_skips_old_positions_but_gets_every_backend_message(
                 )
             if step % 30 == 0:
                 await router.notify(_room_updated("org-a", step))
-            await _sleep(0)
+            await sleep(0)
         await router.notify(_room_updated("org-a", 999))
-        await _sleep(0.3)
+        await sleep(0.3)
         # Now read everything the server kept for the slow client.
         texts = []
         for _ in range(200):
@@ -211,7 +129,7 @@ async def test_slow_client_skips_old_positions_but_gets_every_backend_message(
             texts += [json.loads(p) for op, p in slow.frames() if op == 1]
             if any(t.get("payload", {}).get("roomId") == "r999" for t in texts):
                 break
-            await _sleep(0.02)
+            await sleep(0.02)
         backend = [t["payload"]["roomId"] for t in texts if t["type"] == "room_updated"]
         assert backend == [f"r{s}" for s in range(0, 300, 30)] + ["r999"]
         positions = [t for t in texts if t["type"] == "position_update"]
@@ -234,8 +152,8 @@ async def test_peer_that_does_not_answer_pings_is_dropped(router, token):
     silent = RawClient(router.port.getHost().port, token("silent", "org-a"))
     try:
         await silent.handshake()
-        await _until(lambda: router.registry.connection_count == 1)
-        await _until(lambda: router.registry.connection_count == 0, timeout=5)
+        await wait_until(lambda: router.registry.connection_count == 1)
+        await wait_until(lambda: router.registry.connection_count == 0, timeout=5)
         assert router.registry.room_count == 0
     finally:
         silent.close()
@@ -248,7 +166,7 @@ async def test_peer_that_does_not_answer_pings_is_dropped(router, token):
 async def test_peer_that_answers_pings_stays(router, token):
     """An Autobahn client answers pings and stays connected across many intervals."""
     client = await router.connect(token("alive", "org-a"))
-    await _sleep(2.5)
+    await sleep(2.5)
     assert router.registry.connection_count == 1
     _status, body = await router.notify(_room_updated("org-a", 1))
     assert body["delivered"] == 1
@@ -279,7 +197,7 @@ async def test_rate_limit_warns_once_then_closes_a_flooder_1008(router, token):
         if flooder.state != flooder.STATE_OPEN:
             break
         flooder.send_json({"type": "position_update", "payload": {"x": 0, "y": 0}})
-        await _sleep(0.05)
+        await sleep(0.05)
     code, _ = await flooder.wait_closed()
     assert code == 1008
     errors = [f for f in flooder.frames.pending if f["type"] == "error"]
@@ -356,10 +274,10 @@ async def test_idle_http_connection_times_out_but_websocket_stays(router, token)
             except BlockingIOError:
                 return False
 
-        await _until(closed, timeout=3)
+        await wait_until(closed, timeout=3)
     finally:
         idle.close()
-    await _sleep(0.7)
+    await sleep(0.7)
     _status, body = await router.notify(_room_updated("org-a", 1))
     assert body["delivered"] == 1
     assert (await client.next())["type"] == "room_updated"
@@ -456,7 +374,7 @@ async def test_client_ping_is_answered_with_pong(router, token):
             found.extend(raw.frames())
             return any(op == 0xA for op, _ in found)
 
-        await _until(ponged)
+        await wait_until(ponged)
         assert (0xA, b"are-you-there") in found
     finally:
         raw.close()
@@ -514,17 +432,17 @@ async def test_simultaneous_handshakes_cannot_pass_the_user_cap(router, token):
                         answers[i] = raw.buffer.split(b"\r\n", 1)[0]
             return len(answers) == len(raws)
 
-        await _until(all_answered)
+        await wait_until(all_answered)
         statuses = sorted(line.split(b" ")[1] for line in answers.values())
         assert statuses == [b"101"] * 3 + [b"429"] * 5
-        await _until(
+        await wait_until(
             lambda: router.registry.user_connection_count("org-a", "greedy") == 3
         )
     finally:
         for raw in raws:
             raw.close()
     # Once they are gone, the user may connect again: nothing stays reserved.
-    await _until(lambda: router.registry.connection_count == 0)
+    await wait_until(lambda: router.registry.connection_count == 0)
     await router.connect(token("greedy", "org-a"))
 
 
@@ -585,7 +503,7 @@ async def test_compressed_client_that_stops_reading_is_still_bounded(router, tok
         ).encode()
     )
     try:
-        await _until(lambda: router.registry.connection_count == 1)
+        await wait_until(lambda: router.registry.connection_count == 1)
         # Random names defeat compression, so the queue fills like uncompressed.
         for i in range(3000):
             body = _room_updated("org-a", i)
@@ -613,7 +531,7 @@ async def test_request_dribbled_byte_by_byte_gets_408(router):
                 sock.sendall(bytes([byte]))
             except OSError:
                 break
-            await _sleep(0.05)
+            await sleep(0.05)
             with contextlib.suppress(BlockingIOError):
                 got += sock.recv(4096)
             if got:
@@ -665,19 +583,19 @@ async def test_stop_waits_for_a_notify_still_arriving(router, token):
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )
-        await _until(lambda: len(router.site.in_flight) == 1)
+        await wait_until(lambda: len(router.site.in_flight) == 1)
         service = RouterService(
             router.registry, router.factory, router.site.in_flight, reactor, 5.0
         )
         stopped = service.stopService()
         code, _ = await client.wait_closed()
         assert code == 1001
-        await _sleep(0.2)
+        await sleep(0.2)
         assert not stopped.called, "the stop did not wait for the request"
         sock.sendall(body[10:])
         got = await _response(sock)
         assert got.startswith(b"HTTP/1.1 200 ")
-        await _until(lambda: stopped.called)
+        await wait_until(lambda: stopped.called)
     finally:
         sock.close()
 
@@ -698,7 +616,7 @@ async def test_request_line_dribbled_byte_by_byte_is_dropped(router):
             except OSError:
                 closed = True
                 break
-            await _sleep(0.05)
+            await sleep(0.05)
             try:
                 closed = sock.recv(4096) == b""
             except BlockingIOError:
