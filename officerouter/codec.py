@@ -117,6 +117,18 @@ class Encoded:
     framings: dict[str, bytes] = attrs.Factory(dict)
 
 
+@attrs.define(slots=True, eq=False)
+class Burst:
+    """Messages that go to many connections together and in order.
+
+    A transport adapter may frame the whole burst once (``framings``), so each
+    connection costs one queued item however many messages the burst holds.
+    """
+
+    messages: tuple[Encoded, ...]
+    framings: dict[str, bytes] = attrs.Factory(dict)
+
+
 # ---------------------------------------------------------------- JSON
 
 

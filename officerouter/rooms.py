@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from officerouter import codes
 from officerouter.auth import Identity
 from officerouter.catalog import MessageSpec
-from officerouter.codec import ContractError, Encoded, encode, encode_list
+from officerouter.codec import Burst, ContractError, Encoded, encode, encode_list
 from officerouter.effects import Action, CloseUser, SetRole
 from officerouter.history import (
     DEFAULT_BOUNDS,
@@ -58,6 +58,9 @@ class Connection(TypingProtocol):
 
     def send(self, message: Encoded) -> None:
         """Queue an encoded message for this connection, in order."""
+
+    def send_burst(self, burst: Burst) -> None:
+        """Queue each message of a burst, in order (the same as ``send`` each)."""
 
     def close(self, code: int, reason: str) -> None:
         """Close after everything already queued has been sent."""
@@ -154,6 +157,16 @@ class OrgRoom:
         self._tick_positions: dict[str, UserPosition] = {}
         self._tick_call: IDelayedCall | None = None
         self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
+        # Each online user's snapshot entry, in arrival order, and the users whose
+        # entry must be re-encoded before the next snapshot.
+        self._entries: dict[str, bytes] = {}
+        self._stale: dict[str, None] = {}
+        # Presence events waiting for the end of the reactor iteration: (about
+        # whom, message); and where each session that entered the audience
+        # meanwhile starts in it.
+        self._events: list[tuple[str, Encoded]] = []
+        self._event_starts: dict[str, int] = {}
+        self._events_call: IDelayedCall | None = None
 
     # ------------------------------------------------------------ RoomView
 
@@ -234,6 +247,7 @@ class OrgRoom:
         )
         self._sessions[connection_id] = session
         self._by_user.setdefault(user_id, {})[connection_id] = session
+        self._stale[user_id] = None
         arrived = False
         if session.admitted:
             arrived = self._presence.arrive(user_id, role)
@@ -263,6 +277,7 @@ class OrgRoom:
         if self._sessions.pop(session.connection_id, None) is None:
             return False
         self._dismiss(session)
+        self._stale[session.user_id] = None
         user_sessions = self._by_user[session.user_id]
         del user_sessions[session.connection_id]
         if not user_sessions:
@@ -272,6 +287,7 @@ class OrgRoom:
         return True
 
     def _knock(self, guest: Session) -> None:
+        self._deliver_events()
         receivers = tuple(
             user.user_id for user in self._presence if user.role in KNOCK_RECEIVER_ROLES
         )
@@ -296,23 +312,67 @@ class OrgRoom:
         return user.describe(self.connection_count_of(user_id))
 
     def _snapshot(self, exclude: str) -> Encoded:
-        return encode_list(
-            "presence",
-            "users",
-            [
-                user.describe_json(self.connection_count_of(user.user_id))
-                for user in self._presence
-                if user.user_id != exclude
-            ],
-        )
+        """Everyone online but ``exclude``, from each user's cached entry.
+
+        Every newcomer gets one, so in a storm of N joins this is N² entries:
+        entries are re-encoded only when their user changed, and a snapshot is a
+        copy and a join of byte strings.
+        """
+        entries = self._entries
+        for user_id in self._stale:
+            user = self._presence.get(user_id)
+            if user is None:
+                entries.pop(user_id, None)
+            else:
+                entries[user_id] = user.describe_json(self.connection_count_of(user_id))
+        self._stale.clear()
+        if exclude in entries:
+            others = entries.copy()
+            del others[exclude]
+            return encode_list("presence", "users", others.values())
+        return encode_list("presence", "users", entries.values())
 
     def _announce(self, user_id: str, message: Encoded) -> None:
-        """Send a presence event about a user to every other admitted connection."""
+        """Send a presence event about a user to every other admitted connection.
+
+        Events wait for the end of the reactor iteration, so that a storm of
+        joins reaches each connection as one burst per iteration rather than one
+        send per join (see :meth:`_deliver_events`).
+        """
+        self._events.append((user_id, message))
+        if self._events_call is None:
+            self._events_call = self._clock.callLater(0, self._deliver_events)
+
+    def _deliver_events(self) -> None:
+        """Send the waiting presence events; called before anything else is sent.
+
+        Each connection gets the events after it entered the audience (its
+        snapshot already showed the earlier ones), except those about its own
+        user.  Everyone else gets the same burst, framed once.
+        """
+        call, self._events_call = self._events_call, None
+        if call is not None and call.active():
+            call.cancel()
+        events, self._events = self._events, []
+        if not events:
+            return
+        starts, self._event_starts = self._event_starts, {}
+        subjects = {user_id for user_id, _ in events}
+        everything: Burst | None = None
         for session in self._audience.values():
-            if session.user_id != user_id:
-                session.connection.send(message)
+            start = starts.get(session.connection_id, 0)
+            if start == 0 and session.user_id not in subjects:
+                if everything is None:
+                    everything = Burst(tuple(message for _, message in events))
+                session.connection.send_burst(everything)
+                continue
+            for user_id, message in events[start:]:
+                if user_id != session.user_id:
+                    session.connection.send(message)
 
     def _announce_left(self, user_id: str) -> None:
+        # Gone now: a return later is a new entry at the end, as in the tracker.
+        self._entries.pop(user_id, None)
         self._announce(user_id, encode("user_left", UserLeft(userId=user_id)))
 
     # ------------------------------------------------------------ routing
@@ -324,8 +384,10 @@ class OrgRoom:
         :raises ContractError: ``not_permitted`` when the sender may not send.
         """
         session.check_may_send()
+        self._deliver_events()
         if isinstance(message.payload, PositionUpdate):
             self._presence.move(session.user_id, message.payload)
+            self._stale[session.user_id] = None
         if self._catalog[message.type].ephemeral:
             encoded = encode(
                 message.type, message.payload, sender=session.user_id, ephemeral=True
@@ -351,6 +413,8 @@ class OrgRoom:
 
     def _admit(self, session: Session) -> None:
         key = session.connection_id
+        if self._events:
+            self._event_starts[key] = len(self._events)
         self._audience[key] = session
         (self._batched if session.batch_positions else self._plain)[key] = session
 
@@ -374,6 +438,7 @@ class OrgRoom:
     def _tick(self) -> None:
         """Send the tick's positions to every batched connection, encoded once."""
         self._tick_call = None
+        self._deliver_events()
         positions = list(self._tick_positions.values())
         self._tick_positions.clear()
         if not positions or not self._batched:
@@ -390,6 +455,7 @@ class OrgRoom:
 
         :returns: how many connections it was written to.
         """
+        self._deliver_events()
         spec = self._catalog[notification.type]
         actions: Sequence[Action] = (
             spec.effect(self, notification) if spec.effect is not None else ()
@@ -437,6 +503,7 @@ class OrgRoom:
     def _set_role(self, user_id: str, role: str) -> list[Callable[[], None]]:
         """Apply a role now; return the presence events to send after delivery."""
         sessions = self._by_user.get(user_id, {})
+        self._stale[user_id] = None
         for session in sessions.values():
             session.role = role
             if session.admitted:
@@ -489,6 +556,13 @@ class OrgRoom:
     def dispose(self) -> None:
         """Cancel the room's timers (it is being dropped, or the daemon stops)."""
         self._presence.dispose()
+        self._entries.clear()
+        self._stale.clear()
+        if self._events_call is not None and self._events_call.active():
+            self._events_call.cancel()
+        self._events_call = None
+        self._events.clear()
+        self._event_starts.clear()
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None

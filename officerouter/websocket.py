@@ -44,7 +44,7 @@ from officerouter.auth import (
     TokenVerifier,
     token_from_subprotocols,
 )
-from officerouter.codec import ContractError, Encoded, decode_client
+from officerouter.codec import Burst, ContractError, Encoded, decode_client
 from officerouter.inflight import InFlight
 from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
@@ -74,6 +74,16 @@ def framed(message: Encoded) -> bytes:
     if frame is None:
         frame = message.framings[_FRAMING] = text_frame(message.data)
     return frame
+
+
+def framed_burst(burst: Burst) -> bytes:
+    """The WebSocket frames of a burst's messages, joined once per burst."""
+    frames = burst.framings.get(_FRAMING)
+    if frames is None:
+        frames = burst.framings[_FRAMING] = b"".join(
+            framed(message) for message in burst.messages
+        )
+    return frames
 
 
 def _set_send_buffer(transport: Any, size: int) -> None:
@@ -359,7 +369,19 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         )
         # With permessage-deflate each frame is compressed for this connection
         # when flushed, so the queue holds the message, not the shared frame.
-        item = message.data if self._compressing else framed(message)
+        self._queue(message.data if self._compressing else framed(message), key)
+
+    def send_burst(self, burst: Burst) -> None:
+        """Queue a burst's messages, framed once for every connection."""
+        if self._compressing:
+            for message in burst.messages:
+                self.send(message)
+        elif self.state == _STATE_OPEN and self._outbox is not None:
+            self._queue(framed_burst(burst), None)
+
+    def _queue(self, item: bytes, key: str | None) -> None:
+        outbox = self._outbox
+        assert outbox is not None
         if not outbox.push(item, key):
             self._overflow(outbox)
             return
@@ -492,9 +514,16 @@ class OfficeServerFactory(WebSocketServerFactory):
             (OfficeServerProtocol,),
             {
                 # A function stored on a class would be bound to each instance.
-                name: staticmethod(value) if callable(value) else value
-                for name in OfficeServerProtocol.CONFIG_ATTRS
-                for value in (getattr(self, name),)
+                **{
+                    name: staticmethod(value) if callable(value) else value
+                    for name in OfficeServerProtocol.CONFIG_ATTRS
+                    for value in (getattr(self, name),)
+                },
+                # With every option on the class there is nothing to copy; an
+                # empty list also spares each connection Autobahn's eager
+                # pformat() of all options for a debug line (6 % of a
+                # connection storm's CPU).
+                "CONFIG_ATTRS": (),
             },
         )
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import pytest_twisted
-from twisted.internet import endpoints, reactor, ssl
+from twisted.internet import defer, endpoints, reactor, ssl
 
 from officerouter.config import Settings
 from tests.loopback import (
@@ -216,3 +216,48 @@ async def test_tls_connections_never_bypass_the_tls_layer(tls_router, token):
     a.send_json({"type": "position_update", "payload": {"x": 1, "y": 2}})
     moved = await b.next_of("position_update")
     assert moved["from"] == "u1"
+
+
+def _view(frames: list[dict[str, Any]]) -> set[str]:
+    """Who a client believes is online, from its presence frames in order."""
+    seen: set[str] = set()
+    for frame in frames:
+        if frame["type"] == "presence":
+            seen = {user["userId"] for user in frame["payload"]["users"]}
+        elif frame["type"] == "user_joined":
+            assert frame["payload"]["userId"] not in seen, "announced twice"
+            seen.add(frame["payload"]["userId"])
+        elif frame["type"] == "user_left":
+            seen.remove(frame["payload"]["userId"])
+    return seen
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+@pytest.mark.parametrize("router_options", [{"permessage_deflate": True}])
+@pytest_twisted.ensureDeferred
+async def test_a_connection_storm_adds_up_for_every_client(router, token, deflate):
+    """Clients connecting at once (presence events sent as bursts): each one's
+    snapshot plus the events after it is everyone else, once."""
+    users = [f"u{n}" for n in range(30)]
+    # Five are there first; the other 25 arrive at once (their joins share
+    # reactor iterations, so the first five get each iteration's as one burst).
+    clients = [
+        await router.connect(token(u, "org-a"), full=True, deflate=deflate)
+        for u in users[:5]
+    ]
+    clients += await defer.gatherResults(
+        [
+            defer.ensureDeferred(
+                router.connect(token(u, "org-a"), full=True, deflate=deflate)
+            )
+            for u in users[5:]
+        ]
+    )
+    # A broadcast after the storm: once a client has it, it has everything before.
+    status, _ = await router.notify(_broadcast(999))
+    assert status == 200
+    for client in clients:
+        frames = []
+        while (frame := await client.next())["type"] != "room_updated":
+            frames.append(frame)
+        assert _view(frames) == set(users) - {client.user_id}

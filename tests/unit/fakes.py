@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 
 from officerouter.auth import Identity
 from officerouter.catalog import BUILTIN, MessageSpec
-from officerouter.codec import Encoded
+from officerouter.codec import Burst, Encoded
 from officerouter.rooms import OrgRegistry
 
 #: Frames the presence feature adds around routed traffic.  Routing tests look
@@ -34,6 +34,10 @@ class FakeConnection:
 
     def send(self, message: Encoded) -> None:
         self.events.append(("send", message))
+
+    def send_burst(self, burst: Burst) -> None:
+        for message in burst.messages:
+            self.send(message)
 
     def close(self, code: int, reason: str) -> None:
         self.events.append(("close", (code, reason)))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet.task import Clock
 
 from officerouter import codes
-from officerouter.codec import encode
+from officerouter.codec import Burst, encode
 from officerouter.messages import (
     ClientMessage,
     Notification,
@@ -121,16 +124,19 @@ def test_snapshot_follows_connected_with_everyone_else(registry):
     assert presence_frames(alice)[0] == {"type": "presence", "payload": {"users": []}}
 
 
-def test_first_connection_is_announced_to_the_others_only(registry):
+def test_first_connection_is_announced_to_the_others_only(registry, clock):
     """``user_joined`` goes to everyone else when a user's first connection arrives, not for a second tab."""
     alice, _ = join(registry, "alice")
     bob, _ = join(registry, "bob", "guest")
+    assert presence_frames(alice)[1:] == []
+    clock.advance(0)  # presence events leave at the end of the reactor iteration
     assert presence_frames(alice)[1:] == [
         {"type": "user_joined", "payload": entry("bob", "guest")}
     ]
     assert [f["type"] for f in presence_frames(bob)] == ["presence"]
     alice.clear()
     bob_tab, _ = join(registry, "bob", "guest")
+    clock.advance(0)
     assert alice.encoded == []
     assert bob_tab.frames[1]["payload"]["users"] == [entry("alice")]
 
@@ -140,6 +146,7 @@ def test_user_left_only_after_the_grace_period(registry, clock):
     alice, _ = join(registry, "alice")
     _, bob1 = join(registry, "bob")
     _, bob2 = join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     registry.disconnect(bob1)
     registry.disconnect(bob2)
@@ -155,6 +162,7 @@ def test_reconnect_within_grace_produces_no_event(registry, clock):
     alice, _ = join(registry, "alice")
     _, bob = join(registry, "bob")
     move(registry, bob, 3, 4)
+    clock.advance(0)
     alice.clear()
     registry.disconnect(bob)
     clock.advance(4)
@@ -176,8 +184,10 @@ def test_grace_period_is_configurable(clock):
     registry = make_registry(clock, presence_grace=0)
     alice, _ = join(registry, "alice")
     _, bob = join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     registry.disconnect(bob)
+    clock.advance(0)
     assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
 
 
@@ -190,6 +200,7 @@ def test_position_is_forgotten_once_the_user_has_left(registry, clock):
     clock.advance(5)
     alice.clear()
     join(registry, "bob")
+    clock.advance(0)
     assert alice.frames == [{"type": "user_joined", "payload": entry("bob")}]
 
 
@@ -198,6 +209,7 @@ def test_pending_guests_are_neither_shown_nor_shown_anything(registry, clock):
     guest, guest_session = join(registry, "gus", "pending_guest")
     alice, _ = join(registry, "alice")
     join(registry, "bob")
+    clock.advance(0)
     assert guest.types == ["connected"]
     assert alice.frames[1] == {"type": "presence", "payload": {"users": []}}
     alice.clear()
@@ -209,7 +221,7 @@ def test_pending_guests_are_neither_shown_nor_shown_anything(registry, clock):
     assert [u.userId for u in registry.presence("org-a")] == ["alice", "bob"]
 
 
-def test_admitted_guest_appears_as_user_joined_and_sees_the_floor(registry):
+def test_admitted_guest_appears_as_user_joined_and_sees_the_floor(registry, clock):
     """A pending guest made guest joins presence: the others get ``user_joined``, the guest a snapshot."""
     alice, alice_session = join(registry, "alice")
     move(registry, alice_session, 3, 4)
@@ -218,6 +230,7 @@ def test_admitted_guest_appears_as_user_joined_and_sees_the_floor(registry):
     alice.clear()
     guest.clear()
     registry.notify(role_change("gus", "guest"))
+    clock.advance(0)
     assert alice.types == ["user_updated", "user_joined"]
     assert alice.frames[1]["payload"] == entry("gus", "guest", connections=2)
     assert guest.types == ["user_updated", "presence"]
@@ -228,9 +241,11 @@ def test_demoted_user_appears_as_user_left_at_once(registry, clock):
     """A member made pending guest leaves presence at once, without a grace period."""
     alice, _ = join(registry, "alice")
     bob, _ = join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     bob.clear()
     registry.notify(role_change("bob", "pending_guest"))
+    clock.advance(0)
     assert alice.types == ["user_updated", "user_left"]
     # Bob hears of his own demotion, and of nothing else about presence.
     assert bob.types == ["user_updated"]
@@ -239,13 +254,15 @@ def test_demoted_user_appears_as_user_left_at_once(registry, clock):
     assert [u.userId for u in registry.presence("org-a")] == ["alice"]
 
 
-def test_role_change_is_announced_even_when_sent_direct(registry):
+def test_role_change_is_announced_even_when_sent_direct(registry, clock):
     """A role change among admitted roles is ``user_role_changed`` to the others, whatever the routing."""
     alice, _ = join(registry, "alice")
     bob, _ = join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     bob.clear()
     registry.notify(role_change("bob", "admin", routing="direct"))
+    clock.advance(0)
     assert alice.frames == [
         {"type": "user_role_changed", "payload": {"userId": "bob", "role": "admin"}}
     ]
@@ -258,8 +275,10 @@ def test_role_change_during_grace_is_kept_for_the_reconnection(registry, clock):
     alice, _ = join(registry, "alice")
     _, bob = join(registry, "bob")
     registry.disconnect(bob)
+    clock.advance(0)
     alice.clear()
     registry.notify(role_change("bob", "admin", routing="direct"))
+    clock.advance(0)
     assert alice.types == ["user_role_changed"]
     bob_again, _ = join(registry, "bob", "member")
     assert bob_again.frames[0]["payload"]["role"] == "admin"
@@ -267,12 +286,14 @@ def test_role_change_during_grace_is_kept_for_the_reconnection(registry, clock):
     assert alice.types == ["user_role_changed"]
 
 
-def test_unchanged_role_announces_nothing(registry):
+def test_unchanged_role_announces_nothing(registry, clock):
     """A user_updated that repeats the current role causes no presence event."""
     alice, _ = join(registry, "alice")
     join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     registry.notify(role_change("bob", "member"))
+    clock.advance(0)
     assert alice.types == ["user_updated"]
 
 
@@ -280,6 +301,7 @@ def test_ban_announces_user_left_at_once(registry, clock):
     """A banned user leaves presence immediately; closing their tabs adds nothing."""
     alice, _ = join(registry, "alice")
     bob, bob_session = join(registry, "bob")
+    clock.advance(0)
     alice.clear()
     registry.notify(
         Notification(
@@ -290,6 +312,7 @@ def test_ban_announces_user_left_at_once(registry, clock):
             targets=("bob",),
         )
     )
+    clock.advance(0)
     assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
     assert bob.closes == [(codes.CLOSE_BANNED, codes.REASON_BANNED)]
     registry.disconnect(bob_session)
@@ -357,3 +380,188 @@ def test_snapshot_bytes_equal_the_reference_encoding(registry):
     assert snapshot.data == expected.data
     assert b'"connections":2' in snapshot.data
     assert b'"x":1.5' in snapshot.data
+
+
+# ------------------------------------------------------------ storms
+
+
+class BurstRecorder(Recorder):
+    """A fake connection that also keeps each burst it was handed, as handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bursts: list[Burst] = []
+
+    def send_burst(self, burst: Burst) -> None:
+        self.bursts.append(burst)
+        super().send_burst(burst)
+
+
+def view(connection: FakeConnection) -> dict[str, dict[str, Any]]:
+    """Who a client believes is online, replaying its presence frames in order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for frame in connection.frames:
+        kind, payload = frame["type"], frame.get("payload", {})
+        if kind == "presence":
+            seen = {user["userId"]: user for user in payload["users"]}
+        elif kind == "user_joined":
+            assert payload["userId"] not in seen, f"joined twice: {payload}"
+            seen[payload["userId"]] = payload
+        elif kind == "user_left":
+            assert seen.pop(payload["userId"], None) is not None, payload
+        elif kind == "user_role_changed":
+            seen[payload["userId"]]["role"] = payload["role"]
+    return seen
+
+
+def test_a_storm_reaches_everyone_as_one_shared_burst(clock):
+    """Joins in one reactor iteration: one burst, framed once, for those already there."""
+    registry = make_registry(clock)
+    early = []
+    for user in ("a", "b", "c"):
+        connection = BurstRecorder()
+        registry.connect(identity(user), connection)
+        early.append(connection)
+    clock.advance(0)
+    late = []
+    for n in range(20):
+        connection = BurstRecorder()
+        registry.connect(identity(f"new-{n}"), connection)
+        late.append(connection)
+    for connection in early:
+        connection.bursts.clear()
+    clock.advance(0)
+    (shared,) = early[0].bursts
+    assert all(c.bursts == [shared] for c in early)
+    assert [m.type for m in shared.messages] == ["user_joined"] * 20
+    # Each newcomer hears only of those who came after it.
+    for n, connection in enumerate(late):
+        joined = [f["payload"]["userId"] for f in connection.frames[2:]]
+        assert joined == [f"new-{m}" for m in range(n + 1, 20)]
+
+
+def test_waiting_presence_events_go_before_anything_sent_after_them(registry, clock):
+    """A notification in the same iteration as a join reaches the others after ``user_joined``."""
+    alice, _ = join(registry, "alice")
+    clock.advance(0)
+    alice.clear()
+    join(registry, "bob")
+    registry.notify(broadcast())
+    assert alice.types == ["user_joined", "room_updated"]
+    clock.advance(0)
+    assert alice.types == ["user_joined", "room_updated"]
+
+
+_USERS = ("u0", "u1", "u2", "u3")
+_ROLES = ("member", "admin", "guest", "pending_guest")
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("join"), st.sampled_from(_USERS), st.sampled_from(_ROLES)),
+        st.tuples(st.just("leave"), st.integers(0, 30)),
+        st.tuples(st.just("move"), st.integers(0, 30), st.integers(-5, 5)),
+        st.tuples(st.just("role"), st.sampled_from(_USERS), st.sampled_from(_ROLES)),
+        st.tuples(st.just("ban"), st.sampled_from(_USERS)),
+        st.tuples(st.just("tick"), st.sampled_from((0.0, 0.0, 1.0, 6.0))),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_STEPS, st.sampled_from((0.0, 5.0)))
+def test_every_client_view_replayed_from_its_frames_is_the_truth(steps, grace):
+    """Whatever happens within and across reactor iterations, what each admitted
+    client saw (its snapshot, then the events) adds up to who is online now, and
+    every snapshot is byte for byte the plain encoding of the room's presence."""
+    clock = Clock()
+    registry = make_registry(clock, presence_grace=grace, ban_memory=0)
+    live: list[tuple[Recorder, Session]] = []
+    for step in steps:
+        kind = step[0]
+        if kind == "join":
+            _, user, role = step
+            connection = Recorder()
+            try:
+                session = registry.connect(identity(user, "org-a", role), connection)
+            except Exception:
+                continue
+            live.append((connection, session))
+            snapshots = [m for m in connection.encoded if m.type == "presence"]
+            if snapshots:
+                expected = encode(
+                    "presence",
+                    Presence(
+                        users=[
+                            u for u in registry.presence("org-a") if u.userId != user
+                        ]
+                    ),
+                )
+                assert snapshots[0].data == expected.data
+        elif kind == "leave" and live:
+            _, session = live.pop(step[1] % len(live))
+            registry.disconnect(session)
+        elif kind == "move" and live:
+            _, session = live[step[1] % len(live)]
+            if session.admitted:
+                move(registry, session, step[2], 0)
+        elif kind == "role":
+            registry.notify(role_change(step[1], step[2]))
+        elif kind == "ban":
+            registry.notify(
+                Notification(
+                    org_id="org-a",
+                    routing="broadcast",
+                    type="user_banned",
+                    payload=UserBanned(userId=step[1], reason="x"),
+                )
+            )
+            for connection, session in list(live):
+                if connection.closes:
+                    live.remove((connection, session))
+                    registry.disconnect(session)
+        else:
+            clock.advance(step[1])
+    clock.advance(0)
+    truth = {
+        user.userId: attrs.asdict(user, recurse=True)
+        for user in registry.presence("org-a")
+    }
+    for connection, session in live:
+        if not session.admitted or connection.closes:
+            continue
+        expected = {k: v for k, v in truth.items() if k != session.user_id}
+        seen = view(connection)
+        assert set(seen) == set(expected), (session.user_id, seen, expected)
+        for user_id, user in seen.items():
+            assert user["role"] == expected[user_id]["role"]
+
+
+def test_snapshots_follow_arrivals_departures_and_returns_in_order(registry, clock):
+    """Snapshots taken during a grace period, after it and after a return list
+    exactly who is online, in the order they came online."""
+    join(registry, "alice")
+    _, bob = join(registry, "bob")
+    join(registry, "carol")
+    registry.disconnect(bob)
+    during, _ = join(registry, "dave")
+    assert [u["userId"] for u in during.frames[1]["payload"]["users"]] == [
+        "alice",
+        "bob",
+        "carol",
+    ]
+    clock.advance(5)
+    after, _ = join(registry, "erin")
+    assert [u["userId"] for u in after.frames[1]["payload"]["users"]] == [
+        "alice",
+        "carol",
+        "dave",
+    ]
+    join(registry, "bob")
+    back, _ = join(registry, "frank")
+    assert [u["userId"] for u in back.frames[1]["payload"]["users"]] == [
+        "alice",
+        "carol",
+        "dave",
+        "erin",
+        "bob",
+    ]
