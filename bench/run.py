@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run officerouter's benchmark scenarios, a fresh server per run.
 
-    python bench/run.py [--out DIR] [--scenarios s1,s2,s3,s4,s5] [--reps N] ...
+    python bench/run.py [--out DIR] [--scenarios s1,s2,s2b,s3,s4,s5] [--reps N] ...
     python bench/run.py --smoke --out /tmp/smoke
     python bench/run.py --name node-ws --cwd /tmp/sharedbench \\
         --cmd "bash peers/node-ws/start.sh" --out DIR
@@ -58,7 +58,10 @@ CONFIG_VARS = (
     "CF_ACCESS_CLIENT_SECRET",
     "JWT_PRIVATE_KEY",
 )
-SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+SCENARIOS = ("s1", "s2", "s2b", "s3", "s4", "s5")
+# Scenarios that use officerouter extensions the peers in ../shared/bench lack
+# (s2b: ?positions=batched). They run only for servers started without --cmd.
+OFFICEROUTER_ONLY = frozenset({"s2b"})
 
 
 def log(*parts: Any) -> None:
@@ -455,6 +458,8 @@ def plans(a: argparse.Namespace) -> list[Plan]:
                     out.append(Plan("s1", n, load, rate))
         elif scenario == "s2":
             out.extend(Plan("s2", n) for n in ints(a.s2_n))
+        elif scenario == "s2b":
+            out.extend(Plan("s2b", n) for n in ints(a.s2b_n))
         elif scenario == "s3":
             out.extend(Plan("s3", n) for n in ints(a.s3_n))
         elif scenario == "s4":
@@ -493,7 +498,7 @@ def generator_argv(
         "--inflight",
         str(a.s5_inflight if plan.scenario == "s5" else a.inflight),
     ]
-    if plan.scenario in ("s1", "s2", "s4"):
+    if plan.scenario in ("s1", "s2", "s2b", "s4"):
         argv += [
             "--duration",
             str(a.duration),
@@ -506,6 +511,8 @@ def generator_argv(
         argv += ["--publishers", str(a.publishers), "--rate", str(plan.rate)]
     if plan.scenario == "s2":
         argv += ["--hz", str(a.s2_hz)]
+    if plan.scenario == "s2b":
+        argv += ["--hz", str(a.s2b_hz)]
     if plan.scenario == "s3":
         argv += ["--settle", str(a.s3_settle), "--hold", "60"]
     return argv
@@ -622,6 +629,12 @@ def summary(r: dict[str, Any]) -> str:
         )
     if "s2" in r:
         parts.append(f"share {r['s2']['achieved']:.2f}")
+    if "batched" in r:
+        b = r["batched"]
+        parts.append(
+            f"{b['frames_per_s']:.0f} positions frames/s, "
+            f"heard min {b['heard_min']}/{b['heard_expected']}"
+        )
     if r.get("kb_per_conn") is not None:
         parts.append(f"{r['kb_per_conn']} KB/conn")
     if r.get("scenario") == "s5":
@@ -749,6 +762,17 @@ def _table(
     return [*lines, ""]
 
 
+def s2b_target_met(r: dict[str, Any]) -> bool:
+    """The batching target: p99 < 100 ms, and every user's position reached everyone."""
+    b = r["batched"]
+    return bool(
+        r["latency_ms"]["p99"] < 100
+        and b["receivers"] > 0
+        and b["heard_min"] == b["heard_expected"]
+        and not r["errors"]["total"]
+    )
+
+
 def render_report(out: Path) -> str:
     records = [r for r in load_records([out / "results.jsonl"]) if r.get("kept", True)]
     servers: list[str] = []
@@ -844,6 +868,44 @@ def render_report(out: Path) -> str:
         servers,
         "s2",
         lambda r: f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}",
+    )
+    batched_note = (
+        "officerouter only: clients open `/websocket?positions=batched`; the peers "
+        "do not implement position batching, so they are not run (–)."
+    )
+    lines += t(
+        "S2b batched positions: achieved share of N·(N−1)·R entries/s; entries/s; positions frames/s",
+        batched_note
+        + " An entry about the receiver's own user is not counted (the server "
+        "sends it back; `batched.own_entries`).",
+        records,
+        servers,
+        "s2b",
+        lambda r: (
+            f"{r['s2']['achieved']:.2f} ({_k(r['deliveries_per_s'])}/s); "
+            f"{_k(r['batched']['frames_per_s'])}"
+        ),
+    )
+    lines += t(
+        "S2b batched positions: latency p50, p99 (ms); target: p99 < 100 ms and every user heard by everyone",
+        "From the send time to the receipt of the `positions` frame carrying it, "
+        "so it includes the wait for the server's tick (50 ms by default). "
+        "`met` = p99 < 100 ms and every receiver heard all N−1 other users in the window.",
+        records,
+        servers,
+        "s2b",
+        lambda r: (
+            f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}; "
+            f"{'met' if s2b_target_met(r) else 'NOT met'}"
+        ),
+    )
+    lines += t(
+        "S2b batched positions: distinct other users heard in the window, min over receivers / N−1",
+        "Every user's latest position reached everyone when min = N−1.",
+        records,
+        servers,
+        "s2b",
+        lambda r: f"{r['batched']['heard_min']} / {r['batched']['heard_expected']}",
     )
     lines += t(
         "S3 idle memory: KB of server RSS per connection",
@@ -983,7 +1045,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--twistd", type=Path, default=None, help="twistd to run officerouter with"
     )
-    p.add_argument("--scenarios", default="s1,s2,s3,s4,s5")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument(
         "--reps", type=int, default=1, help="repetitions (all scenarios, then again)"
     )
@@ -1013,6 +1075,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--s2-n", default="50,100,200")
     p.add_argument("--s2-hz", type=float, default=10)
+    p.add_argument(
+        "--s2b-n",
+        default="500",
+        help="S2b sizes (batched positions, officerouter only)",
+    )
+    p.add_argument("--s2b-hz", type=float, default=10, help="S2b rate per client")
     p.add_argument("--s3-n", default="1000,10000")
     p.add_argument("--s3-settle", type=float, default=3.0)
     p.add_argument("--s4", default="1000x10", help="ORGSxCLIENTS[,…]")
@@ -1076,6 +1144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.smoke:
         a.s1_n, a.s2_n, a.s3_n, a.s4, a.s5_n = "20", "10", "50", "3x4", "50"
+        a.s2b_n = "10"
         a.s1_rate, a.s4_rate = 2000.0, 600.0
         a.s4_loads = "max"
         a.duration, a.warmup, a.drain, a.s3_settle = 0.6, 0.2, 3.0, 0.2
@@ -1174,6 +1243,9 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(a.rep_start, a.rep_start + a.reps):
         for plan in run_plans:
             for spec in specs:
+                if plan.scenario in OFFICEROUTER_ONLY and spec.cmd is not None:
+                    log(f"{spec.name} {plan.label}: skipped (officerouter only)")
+                    continue
                 run_plan(a, spec, plan, rep, token_paths[plan.orgs])
     path = write_report(a.out)
     log(f"wrote {a.out / 'results.jsonl'} and {path}")

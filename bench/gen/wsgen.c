@@ -12,6 +12,10 @@
  *       room_updated; --rate 0 = closed loop (max), else open loop at --rate
  *       deliveries/s (notify rate = rate / clients in the org).
  *   s2  position chatter: each client sends position_update at --hz, phases spread.
+ *   s2b s2 with position batching: clients open /websocket?positions=batched and
+ *       receive one "positions" frame per server tick; every entry of it
+ *       ({userId,x,y,roomId}) is one delivery, timed from its own "ts-<us>". The
+ *       entries about the receiver's own user are counted apart.
  *   s3  idle: connect, settle, report READY on stderr, hold until SIGUSR1 or --hold.
  *   s4  many orgs: like s1, each notify to an org picked at random (the orgs are
  *       learnt from the clients' "connected" frames).
@@ -66,7 +70,7 @@ static uint64_t opt_seed = 0x9E3779B97F4A7C15ull;
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: wsgen --scenario s1|s2|s3|s4|s5 --port PORT --tokens FILE -n N\n"
+          "usage: wsgen --scenario s1|s2|s2b|s3|s4|s5 --port PORT --tokens FILE -n N\n"
           "  [--publishers P] [--rate DELIVERIES_PER_S] [--hz R] [--duration S] [--warmup S]\n"
           "  [--drain S] [--settle S] [--hold S] [--inflight K] [--ready-timeout S]\n"
           "  [--server-pgid PGID] [--cf-id ID] [--cf-secret SECRET] [--seed X]\n");
@@ -175,7 +179,8 @@ enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_WAIT_CONNECTED, ST_READY, ST_PUB
 typedef struct conn {
   int fd;
   int idx;
-  int org; /* index into the org table, -1 until "connected" */
+  int org;  /* index into the org table, -1 until "connected" */
+  int user; /* index into the user table (s2b), -1 until "connected" */
   uint8_t is_pub, state, frag_op, want_out;
   buf_t in, out, frag;
   char accept[29]; /* expected Sec-WebSocket-Accept during the handshake */
@@ -201,6 +206,14 @@ static uint64_t notify_sent, notify_ok, notify_ok_win, claimed_total, claimed_wi
 static uint64_t pub_reconnects, pub_lost_replies;
 static uint64_t s2_sent, s2_sent_win, s2_expected_total, s2_skipped;
 static int in_window;
+/* s2b: batched positions. rx_ts_* count the entries about other users. */
+static int batched;
+static hist_t h_own;
+static uint64_t pb_frames_total, pb_frames_win, pb_own_total, pb_own_win, pb_bad_entries, pb_unknown_user,
+    pb_unbatched_frames;
+static uint64_t pb_last_frame_us; /* when the last "positions" frame arrived */
+static uint8_t *pb_heard;         /* window: bit [receiver][sender], by user index */
+static size_t pb_stride;
 /* errors */
 static uint64_t e_connect, e_http_status, e_http401, e_accept, e_subproto, e_protocol, e_closed, e_eof, e_io,
     e_not_connected, e_pub;
@@ -230,6 +243,29 @@ static int org_index(const char *s, size_t n) {
     }
     if (strlen(org_name[slot - 1]) == n && memcmp(org_name[slot - 1], s, n) == 0) return slot - 1;
     h = (h + 1) & (ORG_MAX * 2 - 1);
+  }
+  return -1;
+}
+
+/* users learnt from "connected" frames (s2b): userId -> user index */
+static char **user_name;
+static int n_users, user_cap;
+static int *user_hash; /* 0 = empty, else index + 1 */
+static size_t user_hash_size;
+
+static int user_lookup(const char *s, size_t n, int create) {
+  if (!user_hash) return -1;
+  size_t h = str_hash(s, n) & (user_hash_size - 1);
+  for (size_t probe = 0; probe < user_hash_size; probe++) {
+    int slot = user_hash[h];
+    if (slot == 0) {
+      if (!create || n_users >= user_cap) return -1;
+      user_name[n_users] = strndup(s, n);
+      user_hash[h] = n_users + 1;
+      return n_users++;
+    }
+    if (strlen(user_name[slot - 1]) == n && memcmp(user_name[slot - 1], s, n) == 0) return slot - 1;
+    h = (h + 1) & (user_hash_size - 1);
   }
   return -1;
 }
@@ -350,6 +386,7 @@ static void conn_start(conn_t *c) {
   }
   c->state = ST_CONNECTING;
   c->org = -1;
+  c->user = -1;
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
   if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) fatal("epoll_ctl add");
   c->want_out = 1;
@@ -369,9 +406,9 @@ static void send_handshake(conn_t *c) {
   char *req = malloc(cap);
   if (!req) fatal("out of memory");
   int n = snprintf(req, cap,
-                   "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "GET /websocket%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
-                   opt_port, key, tok);
+                   batched ? "?positions=batched" : "", opt_port, key, tok);
   c->state = ST_HANDSHAKE;
   send_bytes(c, req, (size_t)n);
   free(req);
@@ -418,6 +455,50 @@ static int json_ts(const char *p, size_t n, uint64_t *ts) {
 }
 
 /* ------------------------------------------------------------------ receiving */
+/* s2b: one "positions" frame, {"type":"positions","payload":{"positions":[{...},...]}}.
+ * Entries are flat objects (no nested braces or brackets; user ids are u<i>), so each
+ * one is the span from a '{' to the next '}' inside the array; keys in any order,
+ * any spacing. */
+static void on_positions(conn_t *c, const char *p, size_t n) {
+  const char *end = p + n;
+  const char *q = memchr(p, '[', n);
+  const char *aend = memrchr(p, ']', n);
+  uint64_t now = mono_us();
+  pb_last_frame_us = now;
+  pb_frames_total++;
+  if (in_window) pb_frames_win++;
+  if (!q || !aend || aend < q) { pb_bad_entries++; return; }
+  end = aend;
+  uint8_t *row = in_window && pb_heard && c->user >= 0 ? pb_heard + (size_t)c->user * pb_stride : NULL;
+  for (;;) {
+    const char *o = memchr(q, '{', (size_t)(end - q));
+    if (!o) break;
+    const char *e = memchr(o, '}', (size_t)(end - o));
+    if (!e) { pb_bad_entries++; break; }
+    q = e + 1;
+    const char *uid;
+    size_t ul;
+    uint64_t ts;
+    if (!json_str(o, (size_t)(e - o), "userId", &uid, &ul) || !json_ts(o, (size_t)(e - o), &ts)) {
+      pb_bad_entries++;
+      continue;
+    }
+    int u = user_lookup(uid, ul, 0);
+    if (u < 0) pb_unknown_user++;
+    if (u >= 0 && u == c->user) {
+      pb_own_total++;
+      if (in_window) { pb_own_win++; h_add(&h_own, now > ts ? now - ts : 0); }
+      continue;
+    }
+    rx_ts_total++;
+    if (in_window) {
+      rx_ts_win++;
+      h_add(&h_lat, now > ts ? now - ts : 0);
+      if (row && u >= 0) row[u >> 3] |= (uint8_t)(1u << (u & 7));
+    }
+  }
+}
+
 static void on_message(conn_t *c, const char *p, size_t n) {
   if (c->state == ST_WAIT_CONNECTED) {
     const char *t, *org;
@@ -428,6 +509,12 @@ static void on_message(conn_t *c, const char *p, size_t n) {
     }
     c->org = json_str(p, n, "orgId", &org, &ol) ? org_index(org, ol) : -1;
     if (c->org < 0) { conn_kill(c, &e_not_connected, "no orgId in \"connected\""); return; }
+    if (batched) {
+      const char *uid;
+      size_t ul;
+      c->user = json_str(p, n, "userId", &uid, &ul) ? user_lookup(uid, ul, 1) : -1;
+      if (c->user < 0) { conn_kill(c, &e_not_connected, "no userId in \"connected\""); return; }
+    }
     org_members[c->org]++;
     c->state = ST_READY;
     n_ready++;
@@ -436,6 +523,18 @@ static void on_message(conn_t *c, const char *p, size_t n) {
     h_add(&h_hs, now - c->t_start);
     t_storm_end = now;
     return;
+  }
+  if (batched) {
+    const char *t;
+    size_t tl;
+    if (json_str(p, n, "type", &t, &tl)) {
+      if (tl == 9 && memcmp(t, "positions", 9) == 0) { on_positions(c, p, n); return; }
+      if (tl == 15 && memcmp(t, "position_update", 15) == 0) {
+        /* a batched connection must get none: the server ignored ?positions=batched */
+        if (!pb_unbatched_frames++) diag(c, "position_update frame on a batched connection");
+        return;
+      }
+    }
   }
   uint64_t ts;
   if (json_ts(p, n, &ts)) {
@@ -1031,6 +1130,7 @@ int main(int argc, char **argv) {
   const char *sc = opt_scenario;
   int is_s1 = !strcmp(sc, "s1"), is_s2 = !strcmp(sc, "s2"), is_s3 = !strcmp(sc, "s3"), is_s4 = !strcmp(sc, "s4"),
       is_s5 = !strcmp(sc, "s5");
+  if (!strcmp(sc, "s2b")) is_s2 = batched = 1; /* s2b is s2 on batched connections */
   if (!(is_s1 || is_s2 || is_s3 || is_s4 || is_s5) || opt_port <= 0 || opt_port > 65535 || !opt_tokens || opt_n < 1 ||
       opt_inflight < 1 || opt_publishers < 0 || opt_duration <= 0 || opt_warmup < 0 || opt_hz <= 0)
     usage();
@@ -1066,7 +1166,17 @@ int main(int argc, char **argv) {
   if (ep < 0) fatal("epoll_create1");
   clients = calloc((size_t)opt_n, sizeof *clients);
   if (!clients) fatal("out of memory");
-  for (int i = 0; i < opt_n; i++) { clients[i].idx = i; clients[i].fd = -1; clients[i].org = -1; }
+  for (int i = 0; i < opt_n; i++) { clients[i].idx = i; clients[i].fd = -1; clients[i].org = -1; clients[i].user = -1; }
+  if (batched) {
+    user_cap = opt_n;
+    for (user_hash_size = 64; user_hash_size < (size_t)opt_n * 2; user_hash_size *= 2) {
+    }
+    user_name = calloc((size_t)opt_n, sizeof *user_name);
+    user_hash = calloc(user_hash_size, sizeof *user_hash);
+    pb_stride = ((size_t)opt_n + 7) / 8;
+    pb_heard = calloc((size_t)opt_n, pb_stride);
+    if (!user_name || !user_hash || !pb_heard) fatal("out of memory");
+  }
 
   /* ---- connect (this is all of S5) ---- */
   sample_t c0, c1, w0, w1;
@@ -1153,6 +1263,9 @@ int main(int argc, char **argv) {
       int done;
       if (is_s2) {
         done = rx_ts_total >= s2_expected_total;
+        /* s2b: updates superseded within a tick never arrive; sending has stopped, so
+         * the server is done once no "positions" frame came for a few ticks */
+        if (batched && t - (pb_last_frame_us > td ? pb_last_frame_us : td) > 300000) done = 1;
       } else {
         int busy = 0;
         for (int i = 0; i < opt_publishers; i++) busy += pubs[i].state == ST_PUB && pubs[i].busy;
@@ -1166,7 +1279,8 @@ int main(int argc, char **argv) {
 
   /* ---------------------------------------------------------------- report */
   uint64_t errors = e_connect + e_http_status + e_http401 + e_accept + e_subproto + e_protocol + e_closed + e_eof + e_io +
-                    e_not_connected + e_pub + notify_http_err + rx_error_frames + (pubs_up ? 0 : 1);
+                    e_not_connected + e_pub + notify_http_err + rx_error_frames + pb_unbatched_frames +
+                    (pubs_up ? 0 : 1);
   printf("{\"scenario\":\"%s\",\"n\":%d,\"ready\":%d,\"ready_at_end\":%d,\"orgs\":%d,", sc, opt_n, ready_after_connect,
          n_ready, n_orgs);
   printf("\"connect\":{\"seconds\":%.3f,\"per_s\":%.1f,\"inflight\":%d,", storm_s,
@@ -1187,7 +1301,7 @@ int main(int argc, char **argv) {
            window_s > 0 ? (double)rx_ts_win / window_s : 0.0);
     h_json(&h_lat, "latency_ms");
     printf(",\"frames_per_read\":%.2f,\"bytes_per_read\":%.0f,\"drain_s\":%.3f",
-           rx_reads_win ? (double)rx_ts_win / (double)rx_reads_win : 0.0,
+           rx_reads_win ? (double)(batched ? pb_frames_win : rx_ts_win) / (double)rx_reads_win : 0.0,
            rx_reads_win ? (double)rx_bytes_win / (double)rx_reads_win : 0.0, drain_s);
   }
   if (is_s1 || is_s4) {
@@ -1213,15 +1327,53 @@ int main(int argc, char **argv) {
            (unsigned long long)s2_expected_total, (unsigned long long)rx_ts_total,
            (long long)s2_expected_total - (long long)rx_ts_total);
   }
+  if (batched) {
+    /* freshness: per receiver still connected, the distinct other users it heard in the window */
+    int heard_min = -1, short_of = 0, receivers = 0;
+    double heard_sum = 0;
+    int heard_expected = ready_after_connect - 1;
+    for (int i = 0; i < opt_n; i++) {
+      const conn_t *c = &clients[i];
+      if (c->state != ST_READY || c->user < 0) continue;
+      const uint8_t *row = pb_heard + (size_t)c->user * pb_stride;
+      int k = 0;
+      for (size_t b = 0; b < pb_stride; b++) k += __builtin_popcount(row[b]);
+      receivers++;
+      heard_sum += k;
+      if (heard_min < 0 || k < heard_min) heard_min = k;
+      if (k < heard_expected) short_of++;
+    }
+    printf(",\"batched\":{\"frames\":%llu,\"frames_per_s\":%.1f,\"frames_per_client_per_s\":%.2f,"
+           "\"entries_per_frame\":%.1f,\"entries_total\":%llu,\"own_entries\":%llu,\"own_entries_total\":%llu,",
+           (unsigned long long)pb_frames_win, window_s > 0 ? (double)pb_frames_win / window_s : 0.0,
+           window_s > 0 && receivers > 0 ? (double)pb_frames_win / window_s / receivers : 0.0,
+           pb_frames_win ? (double)(rx_ts_win + pb_own_win) / (double)pb_frames_win : 0.0,
+           (unsigned long long)(rx_ts_total + pb_own_total), (unsigned long long)pb_own_win,
+           (unsigned long long)pb_own_total);
+    h_json(&h_own, "own_latency_ms");
+    /* every sender gets its own update back unless a later one superseded it in the
+     * same tick, so the sends missing from one's own entries are the superseded ones
+     * (exact when every client stayed connected) */
+    long long superseded = (long long)s2_sent - (long long)pb_own_total;
+    long long others = ready_after_connect - 1;
+    printf(",\"superseded_sends\":%lld,\"missing_after_drain\":%lld", superseded,
+           (long long)s2_expected_total - (long long)rx_ts_total - superseded * others);
+    printf(",\"heard_min\":%d,\"heard_mean\":%.1f,\"heard_expected\":%d,\"receivers\":%d,"
+           "\"receivers_short\":%d,\"bad_entries\":%llu,\"unknown_users\":%llu,\"unbatched_frames\":%llu}",
+           heard_min, receivers ? heard_sum / receivers : 0.0, heard_expected, receivers, short_of,
+           (unsigned long long)pb_bad_entries, (unsigned long long)pb_unknown_user,
+           (unsigned long long)pb_unbatched_frames);
+  }
   printf(",\"other_frames\":%llu,\"errors\":{\"connect\":%llu,\"http_401\":%llu,\"http_other\":%llu,"
          "\"bad_accept\":%llu,\"bad_subprotocol\":%llu,\"protocol\":%llu,\"closed_by_server\":%llu,\"eof\":%llu,"
          "\"io\":%llu,\"not_connected\":%llu,\"publisher\":%llu,\"notify_http\":%llu,\"error_frames\":%llu,"
-         "\"total\":%llu}}\n",
+         "\"unbatched_frames\":%llu,\"total\":%llu}}\n",
          (unsigned long long)rx_other, (unsigned long long)e_connect, (unsigned long long)e_http401,
          (unsigned long long)e_http_status, (unsigned long long)e_accept, (unsigned long long)e_subproto,
          (unsigned long long)e_protocol, (unsigned long long)e_closed, (unsigned long long)e_eof,
          (unsigned long long)e_io, (unsigned long long)e_not_connected, (unsigned long long)e_pub,
-         (unsigned long long)notify_http_err, (unsigned long long)rx_error_frames, (unsigned long long)errors);
+         (unsigned long long)notify_http_err, (unsigned long long)rx_error_frames,
+         (unsigned long long)pb_unbatched_frames, (unsigned long long)errors);
   fflush(stdout);
   return 0;
 }

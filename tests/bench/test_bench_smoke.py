@@ -16,7 +16,10 @@ BENCH = ROOT / "bench"
 
 @pytest.mark.e2e
 def test_bench_smoke(tmp_path: Path) -> None:
-    """A smoke run of every scenario delivers frames with no errors, and S1's client counts equal the server's delivered sums."""
+    """A smoke run of every scenario delivers frames with no errors, and S1's client counts equal the server's delivered sums.
+
+    S2b (batched positions) loses no entry and every client hears every other user.
+    """
     if shutil.which("gcc") is None or shutil.which("make") is None:
         pytest.fail(
             "the benchmark's load generator needs gcc and make (apt-get install gcc make)"
@@ -42,7 +45,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert {r["scenario"] for r in records} == {"s1", "s2", "s3", "s4", "s5"}
+    assert {r["scenario"] for r in records} == {"s1", "s2", "s2b", "s3", "s4", "s5"}
     for r in records:
         assert "failed" not in r, r
         assert r["server_alive"], r["scenario"]
@@ -52,7 +55,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             r["generator_stderr"],
         )
         assert r["ready"] == r["n"], r["scenario"]
-        if r["scenario"] in ("s1", "s2", "s4"):
+        if r["scenario"] in ("s1", "s2", "s2b", "s4"):
             assert r["deliveries"] > 0, r["scenario"]
         if r["scenario"] in ("s1", "s4"):
             totals = r["totals"]
@@ -61,6 +64,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
             assert r["notify"]["lost_replies"] == 0
         if r["scenario"] == "s2":
             assert r["s2"]["received_total"] == r["s2"]["expected_total"]
+        if r["scenario"] == "s2b":
+            batched = r["batched"]
+            assert batched["frames"] > 0, batched
+            assert batched["missing_after_drain"] == 0, batched
+            assert batched["heard_expected"] == r["n"] - 1, batched
+            assert batched["heard_min"] == batched["heard_expected"], batched
+            assert batched["bad_entries"] == batched["unknown_users"] == 0, batched
         if r["scenario"] == "s3":
             assert r["kb_per_conn"] is not None
     assert (tmp_path / "results.md").read_text().startswith("# Benchmark results")
