@@ -143,7 +143,27 @@ def test_tampered_payload_is_refused(rsa_verifier, sign):
     assert refused(rsa_verifier, f"{header}.{forged}.{signature}") == "bad signature"
 
 
-@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "a.b", "....", "é.é.é"])
+RS256_HEADER = _b64(b'{"alg":"RS256","typ":"JWT"}')
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        "a.b.c",
+        "a.b",
+        "....",
+        "é.é.é",
+        # A header that is JSON but not an object.
+        _b64(b"[1]") + ".e30.c2ln",
+        # A header good enough to choose the key; the rest is not a JWS.
+        RS256_HEADER + ".!!!.c2ln",
+        RS256_HEADER,
+        # Base64 that only a lenient decoder reads: PyJWT's strict check refuses it.
+        RS256_HEADER.replace("J", "+", 1) + "." + _b64(b"{}") + ".c2ln",
+    ],
+)
 def test_malformed_tokens_are_refused(rsa_verifier, token):
     """Garbage that is not a JWS is refused as malformed."""
     assert refused(rsa_verifier, token) == "malformed token"
