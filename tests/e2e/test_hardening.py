@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import capturedLogs, eventAsJSON, formatEvent
+from twisted.web import http
 
 from officerouter.tap import RouterService
 from tests.loopback import RawClient, sleep, wait_until
@@ -632,11 +633,17 @@ async def test_request_line_dribbled_byte_by_byte_is_dropped(router):
 
 
 @pytest_twisted.ensureDeferred
-async def test_form_posts_are_not_parsed_but_refused_415(router):
-    """A multipart body is answered 415 by the notify endpoint, not parsed by twisted.web."""
+async def test_form_posts_are_not_parsed_but_refused_415(router, monkeypatch):
+    """A multipart body is answered 415 by the notify endpoint, not parsed by
+    twisted.web, which never even parses a POST's Content-Type."""
+    parsed: list[bytes] = []
+    monkeypatch.setattr(http, "_parseContentType", parsed.append)
     status, body = await router.notify(
         b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\nb\r\n--broken",
         content_type="multipart/form-data; boundary=x",
     )
     assert status == 415
     assert body["error"] == "unsupported_media_type"
+    status, _ = await router.notify(_room_updated("org-a", 1))
+    assert status == 200
+    assert parsed == []
