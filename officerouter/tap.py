@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from officerouter import codes
+from officerouter.allocator import DEFAULT_MMAP_THRESHOLD, set_mmap_threshold
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.catalog import build_catalog
 from officerouter.config import (
@@ -247,6 +248,14 @@ class Options(usage.Options):
             30.0,
             "Seconds an HTTP connection may idle or dribble.",
             _number("http-timeout", 1),
+        ],
+        [
+            "malloc-mmap-threshold",
+            None,
+            DEFAULT_MMAP_THRESHOLD,
+            "glibc: buffers of at least this many bytes are returned to the OS "
+            "when freed (0: leave malloc alone).",
+            _positive_int("malloc-mmap-threshold", 0),
         ],
         [
             "position-tick",
@@ -482,6 +491,7 @@ def makeService(options: usage.Options) -> service.IService:
     except ConfigError as e:
         # Not a UsageError: twistd would print its whole usage text for that.
         raise SystemExit(f"officerouter: {e}") from None
+    set_mmap_threshold(options["malloc-mmap-threshold"])
     clock: IReactorTime = reactor
     registry = OrgRegistry(
         catalog,
