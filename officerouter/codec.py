@@ -428,4 +428,5 @@ def encode_fragment(value: Any) -> bytes:
 def encode_list(type_: str, field: str, items: Iterable[bytes]) -> Encoded:
     """Encode ``{"type": type_, "payload": {field: [items...]}}`` from encoded items."""
     head = b'{"type":' + orjson.dumps(type_) + b',"payload":{' + orjson.dumps(field)
-    return Encoded(type=type_, data=head + b":[" + b",".join(items) + b"]}}")
+    # One copy of the (possibly large) list, not one per concatenation.
+    return Encoded(type=type_, data=b"".join((head, b":[", b",".join(items), b"]}}")))

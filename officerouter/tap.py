@@ -10,14 +10,14 @@ from typing import Any, ClassVar
 
 import txaio
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
 from officerouter import codes
-from officerouter.allocator import DEFAULT_MMAP_THRESHOLD, set_mmap_threshold
+from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.catalog import build_catalog
 from officerouter.config import (
@@ -250,12 +250,11 @@ class Options(usage.Options):
             _number("http-timeout", 1),
         ],
         [
-            "malloc-mmap-threshold",
+            "malloc-trim-interval",
             None,
-            DEFAULT_MMAP_THRESHOLD,
-            "glibc: buffers of at least this many bytes are returned to the OS "
-            "when freed (0: leave malloc alone).",
-            _positive_int("malloc-mmap-threshold", 0),
+            1.0,
+            "glibc: seconds between returning freed memory to the system (0: never).",
+            _number("malloc-trim-interval", 0),
         ],
         [
             "position-tick",
@@ -491,7 +490,6 @@ def makeService(options: usage.Options) -> service.IService:
     except ConfigError as e:
         # Not a UsageError: twistd would print its whole usage text for that.
         raise SystemExit(f"officerouter: {e}") from None
-    set_mmap_threshold(options["malloc-mmap-threshold"])
     clock: IReactorTime = reactor
     registry = OrgRegistry(
         catalog,
@@ -551,6 +549,9 @@ def makeService(options: usage.Options) -> service.IService:
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    trim = malloc_trimmer()
+    if trim is not None and options["malloc-trim-interval"] > 0:
+        TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
     return top

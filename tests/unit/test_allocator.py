@@ -1,4 +1,4 @@
-"""glibc malloc tuning at start-up: what is asked of mallopt, and when nothing is."""
+"""Returning freed memory to the system: glibc's malloc_trim, once a second."""
 
 from __future__ import annotations
 
@@ -6,63 +6,48 @@ import ctypes
 import platform
 from typing import Any
 
-import pytest
-
-from officerouter.allocator import M_MMAP_THRESHOLD, set_mmap_threshold
+from officerouter.allocator import malloc_trimmer
 
 
 class FakeLibc:
-    """A C library whose mallopt records its calls and answers 1 (success)."""
+    """A C library whose malloc_trim records its calls."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[int] = []
         outer = self
 
-        class Mallopt:
+        class MallocTrim:
             argtypes: Any = None
             restype: Any = None
 
-            def __call__(self, param: int, value: int) -> int:
-                outer.calls.append((param, value))
+            def __call__(self, pad: int) -> int:
+                outer.calls.append(pad)
                 return 1
 
-        self.mallopt = Mallopt()
+        self.malloc_trim = MallocTrim()
 
 
-def test_sets_the_threshold_through_mallopt():
+def test_trims_everything_above_the_heap_top():
     libc = FakeLibc()
-    assert set_mmap_threshold(32768, environ={}, libc=lambda: libc)
-    assert libc.calls == [(M_MMAP_THRESHOLD, 32768)]
-    assert libc.mallopt.argtypes == [ctypes.c_int, ctypes.c_int]
-
-
-@pytest.mark.parametrize(
-    "environ",
-    [
-        {"MALLOC_MMAP_THRESHOLD_": "65536"},
-        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
-    ],
-)
-def test_an_operators_own_tuning_wins(environ):
-    libc = FakeLibc()
-    assert not set_mmap_threshold(32768, environ=environ, libc=lambda: libc)
+    trim = malloc_trimmer(lambda: libc)
+    assert trim is not None
     assert libc.calls == []
+    trim()
+    trim()
+    assert libc.calls == [0, 0]
+    assert libc.malloc_trim.argtypes == [ctypes.c_size_t]
 
 
-def test_zero_leaves_malloc_alone():
-    libc = FakeLibc()
-    assert not set_mmap_threshold(0, environ={}, libc=lambda: libc)
-    assert libc.calls == []
-
-
-def test_a_libc_without_mallopt_is_left_alone():
+def test_a_libc_without_malloc_trim_gets_nothing():
     class NotGlibc:
         pass
 
-    assert not set_mmap_threshold(32768, environ={}, libc=NotGlibc)
+    assert malloc_trimmer(NotGlibc) is None
 
 
 def test_the_real_c_library():
-    """glibc takes the daemon's default; another C library is left as it is."""
-    glibc = platform.libc_ver()[0] == "glibc"
-    assert set_mmap_threshold(32768, environ={}) is glibc
+    """glibc has it (and it runs); another C library is left alone."""
+    trim = malloc_trimmer()
+    assert (trim is not None) is (platform.libc_ver()[0] == "glibc")
+    if trim is not None:
+        trim()

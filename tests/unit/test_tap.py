@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import platform
 import stat
 from pathlib import Path
 
 import pytest
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import reactor
 from twisted.python import usage
 from twisted.python.reflect import namedAny
@@ -326,6 +327,24 @@ def test_make_service_does_not_listen(valid_env_file):
     assert len(listeners) == 1
     # Nothing was scheduled on the reactor either.
     assert set(reactor.getDelayedCalls()) == calls_before
+
+
+@pytest.mark.parametrize(("interval", "timers"), [("1", [1.0]), ("0", [])])
+def test_make_service_trims_memory_on_a_timer(valid_env_file, interval, timers):
+    """glibc's free memory goes back to the system every --malloc-trim-interval."""
+    top = tap.makeService(
+        parse(
+            "--env-file",
+            str(valid_env_file),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--malloc-trim-interval",
+            interval,
+        )
+    )
+    found = [c for c in top if isinstance(c, TimerService)]
+    expected = timers if platform.libc_ver()[0] == "glibc" else []
+    assert [c.step for c in found] == expected
 
 
 def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
