@@ -17,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 import pytest_twisted
-from twisted.internet import endpoints, reactor
 
 from officerouter.auth import generate_key_pair, load_verify_keys
 from officerouter.config import Settings
@@ -25,8 +24,7 @@ from tests.loopback import (
     SERVICE_ID,
     SERVICE_SECRET,
     Router,
-    ServerConnections,
-    build_router_parts,
+    start_router,
 )
 
 
@@ -101,26 +99,10 @@ async def router(
     settings: Settings, router_options: dict[str, Any]
 ) -> AsyncIterator[Router]:
     """A real router on an ephemeral loopback port."""
-    registry, factory, site = build_router_parts(settings, **dict(router_options))
-    connections = ServerConnections()
-    connections.track(site)
-    connections.track(factory)
-    registry.start()
-    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-    port = await endpoint.listen(site)
-    r = Router(
-        registry=registry,
-        port=port,
-        connections=connections,
-        service_id=settings.service_client_id,
-        service_secret=settings.service_client_secret,
-        factory=factory,
-        site=site,
-    )
+    r = await start_router(settings, **dict(router_options))
     try:
         yield r
     finally:
+        # Also stops the registry, as the daemon does once its connections are
+        # gone: the rooms' timers (presence grace, history expiry) are cancelled.
         await r.close()
-        # As the daemon does once its connections are gone: cancel the rooms'
-        # timers (presence grace, history expiry) so none outlives the test.
-        await registry.stop()

@@ -544,6 +544,36 @@ class Router:
         await self.registry.stop()
 
 
+async def start_router(
+    settings: Settings,
+    description: str = "tcp:0:interface=127.0.0.1",
+    *,
+    tls: Any = None,
+    **options: Any,
+) -> Router:
+    """Build the router's parts (see :func:`build_router_parts`) and listen.
+
+    :param description: the server endpoint, as ``--port`` takes it.
+    :param tls: the clients' TLS options when ``description`` is ``ssl:``.
+    """
+    registry, factory, site = build_router_parts(settings, **options)
+    connections = ServerConnections()
+    connections.track(site)
+    connections.track(factory)
+    registry.start()
+    port = await endpoints.serverFromString(reactor, description).listen(site)
+    return Router(
+        registry=registry,
+        port=port,
+        connections=connections,
+        service_id=settings.service_client_id,
+        service_secret=settings.service_client_secret,
+        factory=factory,
+        site=site,
+        tls=tls,
+    )
+
+
 def build_router_parts(
     settings: Settings, **options: Any
 ) -> tuple[OrgRegistry, OfficeServerFactory, Any]:

@@ -19,15 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor, ssl
+from twisted.internet import defer, ssl
 
 from officerouter.config import Settings
 from tests.loopback import (
     RawClient,
     Router,
-    ServerConnections,
-    build_router_parts,
     sleep,
+    start_router,
     wait_until,
 )
 
@@ -166,24 +165,10 @@ def _self_signed(tmp_path: Any) -> tuple[str, bytes]:
 @pytest_twisted.async_yield_fixture
 async def tls_router(settings: Settings, tmp_path: Any) -> AsyncIterator[Router]:
     """The router behind an ``ssl:`` endpoint, as ``--port ssl:...`` runs it."""
-    registry, factory, site = build_router_parts(settings)
-    connections = ServerConnections()
-    connections.track(site)
-    connections.track(factory)
-    registry.start()
     pem, cert_pem = _self_signed(tmp_path)
-    endpoint = endpoints.serverFromString(
-        reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}"
-    )
-    port = await endpoint.listen(site)
-    r = Router(
-        registry=registry,
-        port=port,
-        connections=connections,
-        service_id=settings.service_client_id,
-        service_secret=settings.service_client_secret,
-        factory=factory,
-        site=site,
+    r = await start_router(
+        settings,
+        f"ssl:0:interface=127.0.0.1:privateKey={pem}:certKey={pem}",
         tls=ssl.optionsForClientTLS(
             "127.0.0.1", trustRoot=ssl.Certificate.loadPEM(cert_pem)
         ),
@@ -192,7 +177,6 @@ async def tls_router(settings: Settings, tmp_path: Any) -> AsyncIterator[Router]
         yield r
     finally:
         await r.close()
-        await registry.stop()
 
 
 # Twisted's ssl: endpoint and trustRoot still hand pyOpenSSL X509 and PKey objects to
