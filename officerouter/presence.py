@@ -27,10 +27,6 @@ class PresentUser:
     role: str
     position: PositionUpdate | None = None
     grace: IDelayedCall | None = attrs.field(default=None, repr=False)
-    _json_key: tuple[str, PositionUpdate | None, int] | None = attrs.field(
-        default=None, init=False, repr=False
-    )
-    _json: bytes = attrs.field(default=b"", init=False, repr=False)
 
     def describe(self, connections: int) -> PresenceUser:
         """This user as the wire shows them."""
@@ -42,17 +38,12 @@ class PresentUser:
         )
 
     def describe_json(self, connections: int) -> bytes:
-        """:meth:`describe`, encoded; kept until the user's state changes.
+        """:meth:`describe`, encoded as one entry of a ``presence`` snapshot.
 
-        Every new connection gets a snapshot of everyone online: encoding each
-        user once per change rather than once per snapshot makes a snapshot a
-        join of byte strings.
+        The room keeps these entries and re-encodes a user's only after it
+        changed (``OrgRoom._snapshot``).
         """
-        key = (self.role, self.position, connections)
-        if key != self._json_key:
-            self._json = encode_fragment(self.describe(connections))
-            self._json_key = key
-        return self._json
+        return encode_fragment(self.describe(connections))
 
 
 class PresenceTracker:
