@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from officerouter.auth import Identity
 from officerouter.catalog import BUILTIN, MessageSpec
 from officerouter.codec import Burst, Encoded
+from officerouter.messages import Notification, UserUpdated
 from officerouter.rooms import OrgRegistry
 
 #: Frames the presence feature adds around routed traffic.  Routing tests look
@@ -89,6 +90,17 @@ class FakeConnection:
             for m in self.encoded[1:]
             if json.loads(m.data)["type"] not in PRESENCE_TYPES
         ]
+
+
+def role_change(user: str, role: str, routing: str = "broadcast") -> Notification:
+    """A user_updated notification."""
+    return Notification(
+        org_id="org-a",
+        routing=routing,  # type: ignore[arg-type]
+        type="user_updated",
+        payload=UserUpdated(userId=user, role=role),
+        targets=(user,) if routing == "direct" else (),
+    )
 
 
 def identity(

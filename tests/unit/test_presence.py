@@ -20,11 +20,10 @@ from officerouter.messages import (
     Presence,
     RoomUpdated,
     UserBanned,
-    UserUpdated,
 )
 from officerouter.rooms import OrgRegistry, Session
 
-from .fakes import PRESENCE_TYPES, FakeConnection, identity, make_registry
+from .fakes import PRESENCE_TYPES, FakeConnection, identity, make_registry, role_change
 
 
 class Recorder(FakeConnection):
@@ -62,17 +61,6 @@ def move(registry: OrgRegistry, session: Session, x: float, y: float) -> None:
         ClientMessage(
             type="position_update", payload=PositionUpdate(x=x, y=y, roomId="hall")
         ),
-    )
-
-
-def role_change(user: str, role: str, routing: str = "broadcast") -> Notification:
-    """A user_updated notification."""
-    return Notification(
-        org_id="org-a",
-        routing=routing,  # type: ignore[arg-type]
-        type="user_updated",
-        payload=UserUpdated(userId=user, role=role),
-        targets=(user,) if routing == "direct" else (),
     )
 
 

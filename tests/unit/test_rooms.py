@@ -19,11 +19,10 @@ from officerouter.messages import (
     RoomUpdated,
     SpaceDeleted,
     UserBanned,
-    UserUpdated,
 )
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
 
-from .fakes import FakeConnection, identity, make_registry
+from .fakes import FakeConnection, identity, make_registry, role_change
 
 ROOM = {"roomId": "r1", "name": "Main Hall"}
 
@@ -67,17 +66,6 @@ def direct(
         type=type_,
         payload=payload if payload is not None else RoomUpdated(**ROOM),
         targets=targets,
-    )
-
-
-def role_change(user: str, role: str, routing: str = "broadcast") -> Notification:
-    """A user_updated notification."""
-    return Notification(
-        org_id="org-a",
-        routing=routing,  # type: ignore[arg-type]
-        type="user_updated",
-        payload=UserUpdated(userId=user, role=role),
-        targets=(user,) if routing == "direct" else (),
     )
 
 
