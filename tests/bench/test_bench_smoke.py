@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon import TWISTD
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 
@@ -25,8 +27,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "the benchmark's load generator needs gcc and make (apt-get install gcc make)"
         )
     subprocess.run(["make", "-s", "-C", str(BENCH / "gen")], check=True, timeout=120)
-    twistd = Path(sys.executable).parent / "twistd"
-    assert twistd.exists(), f"officerouter is not installed beside {sys.executable}"
+    assert TWISTD.exists(), f"officerouter is not installed beside {sys.executable}"
     done = subprocess.run(
         [
             sys.executable,
@@ -35,7 +36,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
             "--out",
             str(tmp_path),
             "--twistd",
-            str(twistd),
+            str(TWISTD),
         ],
         capture_output=True,
         text=True,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, endpoints, reactor, task
 
+from tests.daemon import free_port, twistd_command
 from tests.loopback import SERVICE_ID, SERVICE_SECRET, FullClient, Router
 
 ORG = "org-recovery"
@@ -217,13 +216,6 @@ async def test_healthz_counts_history_only_rooms(router: Router, token):
 # ---------------------------------------------------------------- a real daemon
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Daemon:
     """``twistd -n officerouter`` as installed, in a subprocess."""
 
@@ -243,21 +235,16 @@ class Daemon:
         """Start it and wait until /healthz answers."""
         self.runs += 1
         log = (self.workdir / f"twistd-{self.runs}.log").open("wb")
-        twistd = Path(sys.executable).parent / "twistd"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CF_")}
         self.process = subprocess.Popen(
-            [
-                str(twistd),
-                "-n",
-                "--pidfile=",
-                "officerouter",
+            twistd_command(
                 "--port",
                 f"tcp:{self.port}:interface=127.0.0.1",
                 "--env-file",
                 str(self.env_file),
                 "--history",
                 self.history,
-            ],
+            ),
             # twistd puts the cwd on sys.path: run away from the checkout so the
             # installed package is what is tested.
             cwd=self.workdir,

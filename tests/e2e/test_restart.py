@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,17 +19,11 @@ from twisted.internet.protocol import ReconnectingClientFactory
 
 from officerouter.auth import dev_vars, sign_token
 from officerouter.config import read_env_file, unescape_pem
+from tests.daemon import free_port, twistd_command
 
 pytestmark = pytest.mark.e2e
 
-TWISTD = Path(sys.executable).parent / "twistd"
 RETRY_CODES = {1001, 1006, 1011, 1013}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:
@@ -48,16 +40,12 @@ class Daemon:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [
-                str(TWISTD),
-                "-n",
-                "--pidfile=",
-                "officerouter",
+            twistd_command(
                 "--port",
                 f"tcp:{self.port}:interface=127.0.0.1",
                 "--env-file",
                 str(self.env_file),
-            ],
+            ),
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -161,7 +149,7 @@ async def test_clients_following_the_contract_are_back_within_seconds_of_a_crash
     tmp_path,
 ):
     """After kill -9 and a restart, reconnecting clients are back and receiving within seconds."""
-    daemon = Daemon(tmp_path, _free_port())
+    daemon = Daemon(tmp_path, free_port())
     factories = []
     connectors = []
     try:

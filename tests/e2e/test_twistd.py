@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ from twisted.python.failure import Failure
 
 from officerouter.auth import dev_vars, sign_token
 from officerouter.config import read_env_file, unescape_pem
+from tests.daemon import TWISTD, twistd_command
 from tests.loopback import TIMEOUT, Client
 
 pytestmark = pytest.mark.e2e
 
-TWISTD = Path(sys.executable).parent / "twistd"
 #: Nothing from the test's own environment may configure the daemon.
 SCRUBBED = ("CF_ACCESS_", "CONN_JWT_", "JWT_", "PYTHONPATH", "PYTHONHOME")
 STARTUP_TIMEOUT = 30.0
@@ -143,16 +142,9 @@ async def test_installed_twistd_round_trip_and_graceful_stop(tmp_path: Path):
     process = reactor.spawnProcess(
         daemon,
         str(TWISTD),
-        [
-            str(TWISTD),
-            "--nodaemon",
-            "--pidfile=",
-            "officerouter",
-            "--env-file",
-            str(env_file),
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-        ],
+        twistd_command(
+            "--env-file", str(env_file), "--port", "tcp:0:interface=127.0.0.1"
+        ),
         env=clean_environ(),
         path=str(tmp_path),
     )
@@ -229,8 +221,7 @@ def test_installed_twistd_refuses_missing_configuration(
     tmp_path: Path, drop, spoil, variable
 ):
     """Without usable configuration the daemon exits non-zero with one line naming the variable."""
-    args = [str(TWISTD), "--nodaemon", "--pidfile=", "officerouter"]
-    args += ["--port", "tcp:0:interface=127.0.0.1"]
+    args = twistd_command("--port", "tcp:0:interface=127.0.0.1")
     if drop or spoil:
         env_file, values = write_env_file(tmp_path)
         values.pop(drop, None)
