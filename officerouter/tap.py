@@ -549,8 +549,8 @@ def makeService(options: usage.Options) -> service.IService:
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
     StreamServerEndpointService(endpoint, site).setServiceParent(top)
-    trim = malloc_trimmer()
-    if trim is not None and options["malloc-trim-interval"] > 0:
+    trim = malloc_trimmer() if options["malloc-trim-interval"] > 0 else None
+    if trim is not None:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
