@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from officerouter.auth import Identity
 from officerouter.catalog import BUILTIN, MessageSpec
 from officerouter.codec import Burst, Encoded
-from officerouter.messages import Notification, UserUpdated
+from officerouter.messages import Notification, UserBanned, UserUpdated
 from officerouter.rooms import OrgRegistry
 
 #: Frames the presence feature adds around routed traffic.  Routing tests look
@@ -99,6 +99,17 @@ def role_change(user: str, role: str, routing: str = "broadcast") -> Notificatio
         routing=routing,  # type: ignore[arg-type]
         type="user_updated",
         payload=UserUpdated(userId=user, role=role),
+        targets=(user,) if routing == "direct" else (),
+    )
+
+
+def ban(user: str, org: str = "org-a", routing: str = "direct") -> Notification:
+    """A user_banned notification, addressed to the user unless ``routing`` says broadcast."""
+    return Notification(
+        org_id=org,
+        routing=routing,  # type: ignore[arg-type]
+        type="user_banned",
+        payload=UserBanned(userId=user, reason="spam"),
         targets=(user,) if routing == "direct" else (),
     )
 

@@ -19,11 +19,17 @@ from officerouter.messages import (
     PositionUpdate,
     Presence,
     RoomUpdated,
-    UserBanned,
 )
 from officerouter.rooms import OrgRegistry, Session
 
-from .fakes import PRESENCE_TYPES, FakeConnection, identity, make_registry, role_change
+from .fakes import (
+    PRESENCE_TYPES,
+    FakeConnection,
+    ban,
+    identity,
+    make_registry,
+    role_change,
+)
 
 
 class Recorder(FakeConnection):
@@ -291,15 +297,7 @@ def test_ban_announces_user_left_at_once(registry, clock):
     bob, bob_session = join(registry, "bob")
     clock.advance(0)
     alice.clear()
-    registry.notify(
-        Notification(
-            org_id="org-a",
-            routing="direct",
-            type="user_banned",
-            payload=UserBanned(userId="bob", reason="spam"),
-            targets=("bob",),
-        )
-    )
+    registry.notify(ban("bob"))
     clock.advance(0)
     assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
     assert bob.closes == [(codes.CLOSE_BANNED, codes.REASON_BANNED)]
@@ -495,14 +493,7 @@ def test_every_client_view_replayed_from_its_frames_is_the_truth(steps, grace):
         elif kind == "role":
             registry.notify(role_change(step[1], step[2]))
         elif kind == "ban":
-            registry.notify(
-                Notification(
-                    org_id="org-a",
-                    routing="broadcast",
-                    type="user_banned",
-                    payload=UserBanned(userId=step[1], reason="x"),
-                )
-            )
+            registry.notify(ban(step[1], routing="broadcast"))
             for connection, session in list(live):
                 if connection.closes:
                     live.remove((connection, session))

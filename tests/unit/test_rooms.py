@@ -18,11 +18,10 @@ from officerouter.messages import (
     PositionUpdate,
     RoomUpdated,
     SpaceDeleted,
-    UserBanned,
 )
 from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
 
-from .fakes import FakeConnection, identity, make_registry, role_change
+from .fakes import FakeConnection, ban, identity, make_registry, role_change
 
 ROOM = {"roomId": "r1", "name": "Main Hall"}
 
@@ -66,17 +65,6 @@ def direct(
         type=type_,
         payload=payload if payload is not None else RoomUpdated(**ROOM),
         targets=targets,
-    )
-
-
-def ban(user: str, org: str = "org-a") -> Notification:
-    """A user_banned notification addressed to the user."""
-    return Notification(
-        org_id=org,
-        routing="direct",
-        type="user_banned",
-        payload=UserBanned(userId=user, reason="spam"),
-        targets=(user,),
     )
 
 
