@@ -471,7 +471,9 @@ def prepare_settings(
         target = env_file or cwd / DEFAULT_ENV_FILE
         write_dev_vars(target)
         env_file = target
-        print(_dev_banner(target, options["port"]))
+        # Standard output carries nothing but JSON lines with --log-format json.
+        out = sys.stderr if options["log-format"] == "json" else sys.stdout
+        print(_dev_banner(target, options["port"]), file=out)
     return load_settings(environ, env_file)
 
 
@@ -554,4 +556,5 @@ def makeService(options: usage.Options) -> service.IService:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
+        sys.stderr.flush()
     return top

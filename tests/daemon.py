@@ -51,12 +51,17 @@ class Daemon(ProcessProtocol):
     """A twistd child process: everything it writes, its port, and its end."""
 
     def __init__(self) -> None:
+        #: Standard output and error, interleaved as they arrived.
         self.output = b""
+        #: Standard output alone.
+        self.stdout = b""
         self.port: Deferred[int] = Deferred()
         self.ended: Deferred[error.ProcessDone | error.ProcessTerminated] = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.output += data
+        if childFD == 1:
+            self.stdout += data
         if not self.port.called:
             found = re.search(rb"Site starting on (\d+)", self.output)
             if found:

@@ -176,6 +176,14 @@ def test_dev_writes_a_private_env_file(tmp_path, capsys):
     assert str(path) in out
 
 
+def test_dev_help_goes_to_stderr_with_json_logs(tmp_path, capsys):
+    """With --log-format json the first-run help is on stderr: stdout stays JSON lines."""
+    tap.prepare_settings(parse("--dev", "--log-format", "json"), {}, tmp_path)
+    written = capsys.readouterr()
+    assert written.out == ""
+    assert "officerouter token" in written.err
+
+
 def test_dev_mode_file_is_private_despite_umask(tmp_path, capsys):
     """The generated file is 0600 even with a permissive umask."""
     old = os.umask(0)
