@@ -40,6 +40,8 @@ log = Logger()
 # Twisted's default listen backlog is 50: a reconnect storm after a restart would
 # overflow it and cost each dropped client a 1 s SYN retransmit.
 DEFAULT_PORT = "tcp:8787:backlog=1024"
+#: A development server (--dev, with fresh credentials) answers this machine only.
+DEV_PORT = "tcp:8787:interface=127.0.0.1:backlog=1024"
 
 
 def _positive_int(name: str, low: int = 1) -> Any:
@@ -121,8 +123,10 @@ class Options(usage.Options):
         [
             "port",
             "p",
-            DEFAULT_PORT,
-            "Listening endpoint (tcp:, ssl:, systemd:, unix:).",
+            # None tells "not given" from "given the default": see postOptions.
+            None,
+            f"Listening endpoint (tcp:, ssl:, systemd:, unix:) [default: "
+            f"{DEFAULT_PORT}; with --dev, {DEV_PORT}]",
         ],
         [
             "env-file",
@@ -294,6 +298,8 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        if self["port"] is None:
+            self["port"] = DEV_PORT if self["dev"] else DEFAULT_PORT
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be text or json")
         if self["soft-buffer-bytes"] >= self["hard-buffer-bytes"]:
@@ -446,7 +452,7 @@ def _dev_banner(env_file: Path, port: str) -> str:
     tool = Path(sys.executable).parent / "officerouter"
     return f"""\
 officerouter: development mode; keys and service token are in {env_file}
-  get a token:  TOKEN=$({tool} token user-1 org-123 member --env-file {env_file})
+  get a token:  TOKEN=$({tool} token test-user-1 org-123 member --env-file {env_file})
   connect:      wscat -c ws://localhost:{http_port}/websocket -s "$TOKEN"
   notify:       set -a; . {env_file}; set +a
                 curl -X POST "http://localhost:{http_port}/internal/notify" \\
@@ -471,7 +477,9 @@ def prepare_settings(
         target = env_file or cwd / DEFAULT_ENV_FILE
         write_dev_vars(target)
         env_file = target
-        print(_dev_banner(target, options["port"]))
+        # Standard output carries nothing but JSON lines with --log-format json.
+        out = sys.stderr if options["log-format"] == "json" else sys.stdout
+        print(_dev_banner(target, options["port"]), file=out)
     return load_settings(environ, env_file)
 
 
@@ -554,4 +562,5 @@ def makeService(options: usage.Options) -> service.IService:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
+        sys.stderr.flush()
     return top

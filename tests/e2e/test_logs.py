@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 from zope.interface import provider
 
 import pytest_twisted
+from twisted.internet import error, reactor
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -18,6 +24,17 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from tests.daemon import (
+    STARTUP_TIMEOUT,
+    TWISTD,
+    Daemon,
+    clean_environ,
+    handshake,
+    post,
+    signed,
+    twistd_command,
+    write_env_file,
+)
 from tests.loopback import SERVICE_ID, SERVICE_SECRET, ConnectionRefusedByServer, Router
 
 pytestmark = pytest.mark.e2e
@@ -122,3 +139,121 @@ async def test_refusals_are_logged_without_tokens_or_secrets(
     for reason in ("token expired", "bad signature", "banned", "bad service token"):
         assert reason in text, f"no log says {reason!r}"
     assert SERVICE_ID not in text
+
+
+def the_one(records: list[dict[str, Any]], start: str) -> dict[str, Any]:
+    """The single record whose message starts with ``start``."""
+    found = [r for r in records if r["message"].startswith(start)]
+    assert len(found) == 1, (start, records)
+    return found[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_installed_daemon_writes_one_json_object_per_line(tmp_path: Path):
+    """With --log-format json every stdout line of the installed daemon is a JSON object
+    with time, level, namespace, node, message and the event's fields.
+
+    It runs the installed copy (``pip install .`` first, as scripts/test does).
+    """
+    env_file, values = write_env_file(tmp_path)
+    daemon = Daemon()
+    began = time.time()
+    process = reactor.spawnProcess(
+        daemon,
+        str(TWISTD),
+        twistd_command(
+            "--log-format",
+            "json",
+            "--access-log",
+            "--env-file",
+            str(env_file),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+        ),
+        env=clean_environ(),
+        path=str(tmp_path),
+    )
+    pid = process.pid
+    secret = values["CF_ACCESS_CLIENT_SECRET"]
+    wrong_secret = "not-" + secret
+    expired = signed(values, "user-2", ORG, "member", ttl=-120)
+    try:
+        port = await daemon.port.addTimeout(STARTUP_TIMEOUT, reactor)
+        assert await handshake(port, expired) == 401
+        # Direct routing without targets breaks the contract.
+        broken = {
+            "orgId": ORG,
+            "routing": "direct",
+            "type": "room_updated",
+            "payload": {"roomId": "r1", "name": "Zoë's {room}"},
+        }
+        client_id = values["CF_ACCESS_CLIENT_ID"]
+        assert (await post(port, broken, client_id, secret))[0] == 400
+        assert (await post(port, broken, client_id, wrong_secret))[0] == 401
+        process.signalProcess("TERM")
+        ended = await daemon.ended.addTimeout(15, reactor)
+        assert isinstance(ended, error.ProcessDone), daemon.text
+    finally:
+        if not daemon.ended.called:
+            process.signalProcess("KILL")
+            await daemon.ended
+    finished = time.time()
+
+    stdout = daemon.stdout.decode("utf-8")
+    assert stdout.endswith("\n"), daemon.text
+    records = []
+    for line in stdout[:-1].split("\n"):
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+
+    for record in records:
+        assert {"time", "level", "namespace", "node", "message"} <= record.keys()
+        assert not [key for key in record if key.startswith("log_")], record
+        assert record["level"] in {"debug", "info", "warn", "error", "critical"}
+        assert record["node"] == f"{socket.gethostname()}:{pid}"
+        assert isinstance(record["namespace"], str)
+        assert isinstance(record["message"], str)
+        assert record["time"].endswith("Z")
+        when = datetime.fromisoformat(record["time"])
+        assert when.utcoffset() is not None
+        assert when.utcoffset().total_seconds() == 0
+        assert began - 1 <= when.timestamp() <= finished + 1
+    assert "Traceback" not in daemon.text
+    assert not [r for r in records if "traceback" in r or r["level"] != "info"]
+
+    # Start: twistd's own lines, then the listener.
+    assert records[0]["message"].startswith("twistd ")
+    assert records[0]["namespace"].endswith("AppLogger")
+    assert records[0]["version"]
+    listening = the_one(records, "OfficeSite starting on ")
+    assert listening["message"] == f"OfficeSite starting on {port}"
+
+    refused = the_one(records, "refused connection from ")
+    assert refused["namespace"] == "officerouter.websocket.OfficeServerProtocol"
+    assert refused["peer"].startswith("tcp4:127.0.0.1:")
+    assert (refused["status"], refused["reason"]) == (401, "token expired")
+    assert refused["message"] == (
+        f"refused connection from {refused['peer']}: 401 token expired"
+    )
+
+    rejected = the_one(records, "rejected a notification from ")
+    assert rejected["namespace"] == "officerouter.web"
+    assert rejected["code"] == "invalid_message"
+    assert "$.targets" in rejected["errors"]
+    unauthorised = the_one(records, "refused notify from ")
+    assert unauthorised["endpoint"] == "notify"
+    assert unauthorised["message"].endswith(": bad service token")
+
+    # Stop.
+    assert the_one(records, "received SIGTERM")["signal"] == "SIGTERM"
+    assert the_one(records, "stopping: closing ")["count"] == 0
+    assert records[-1]["message"] in {"Main loop terminated.", "Server Shut Down."}
+
+    for needle in (
+        secret,
+        wrong_secret,
+        values["JWT_PRIVATE_KEY"],
+        *secrets_of(expired),
+    ):
+        assert needle not in stdout

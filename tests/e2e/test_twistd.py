@@ -8,84 +8,32 @@ installed copy is the code under test.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import pytest_twisted
-import treq
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import endpoints, error, reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 
-from officerouter.auth import dev_vars, sign_token
-from officerouter.config import read_env_file, unescape_pem
-from tests.daemon import TWISTD, twistd_command
+from tests.daemon import (
+    STARTUP_TIMEOUT,
+    TWISTD,
+    Daemon,
+    clean_environ,
+    handshake,
+    post,
+    signed,
+    twistd_command,
+    write_env_file,
+)
 from tests.loopback import TIMEOUT, Client
 
 pytestmark = pytest.mark.e2e
 
-#: Nothing from the test's own environment may configure the daemon.
-SCRUBBED = ("CF_ACCESS_", "CONN_JWT_", "JWT_", "PYTHONPATH", "PYTHONHOME")
-STARTUP_TIMEOUT = 30.0
 ORG = "org-123"
-
-
-def clean_environ() -> dict[str, str]:
-    """The test's environment without any officerouter setting or extra path."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-
-
-class Daemon(ProcessProtocol):
-    """A twistd child process: everything it writes, its port, and its end."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.port: Deferred[int] = Deferred()
-        self.ended: Deferred[error.ProcessDone | error.ProcessTerminated] = Deferred()
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-        if not self.port.called:
-            found = re.search(rb"Site starting on (\d+)", self.output)
-            if found:
-                self.port.callback(int(found.group(1)))
-
-    def processEnded(self, reason: Failure) -> None:
-        if not self.port.called:
-            self.port.errback(AssertionError(f"twistd exited:\n{self.text}"))
-        self.ended.callback(reason.value)
-
-    @property
-    def text(self) -> str:
-        return self.output.decode("utf-8", "replace")
-
-
-def write_env_file(directory: Path) -> tuple[Path, dict[str, str]]:
-    """A fresh env file made by officerouter itself, and its values."""
-    path = directory / "officerouter.env"
-    path.write_text(dev_vars(), encoding="utf-8")
-    return path, read_env_file(path)
-
-
-def signed(values: dict[str, str], user: str, role: str, ttl: int = 300) -> str:
-    """A client token signed with the env file's private key."""
-    return sign_token(
-        unescape_pem(values["JWT_PRIVATE_KEY"]),
-        user_id=user,
-        org_id=ORG,
-        role=role,
-        ttl=ttl,
-        now=time.time(),
-    )
 
 
 async def open_client(port: int, token: str) -> Client:
@@ -101,37 +49,6 @@ async def open_client(port: int, token: str) -> Client:
     client: Client = await factory.opened
     client.welcome = await client.next()
     return client
-
-
-async def post(port: int, body: Any, client_id: str, secret: str) -> tuple[int, Any]:
-    response = await treq.post(
-        f"http://127.0.0.1:{port}/internal/notify",
-        data=json.dumps(body).encode(),
-        headers={
-            "Content-Type": "application/json",
-            "CF-Access-Client-Id": client_id,
-            "CF-Access-Client-Secret": secret,
-        },
-        persistent=False,
-    )
-    return response.code, json.loads(await response.content())
-
-
-async def handshake(port: int, token: str) -> int:
-    response = await treq.get(
-        f"http://127.0.0.1:{port}/websocket",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Protocol": token,
-        },
-        persistent=False,
-    )
-    await response.content()
-    code: int = response.code
-    return code
 
 
 @pytest_twisted.ensureDeferred
@@ -151,7 +68,7 @@ async def test_installed_twistd_round_trip_and_graceful_stop(tmp_path: Path):
     client: Client | None = None
     try:
         port = await daemon.port.addTimeout(STARTUP_TIMEOUT, reactor)
-        token = signed(values, "user-1", "member")
+        token = signed(values, "user-1", ORG, "member")
         client = await open_client(port, token)
         assert client.welcome["type"] == "connected"
         payload = client.welcome["payload"]
@@ -179,7 +96,7 @@ async def test_installed_twistd_round_trip_and_graceful_stop(tmp_path: Path):
         }
 
         # Two refusals, so that the daemon's own log is shown to keep secrets out.
-        expired = signed(values, "user-2", "member", ttl=-120)
+        expired = signed(values, "user-2", ORG, "member", ttl=-120)
         assert await handshake(port, expired) == 401
         wrong_secret = "not-" + secret
         status, _ = await post(port, body, client_id, wrong_secret)

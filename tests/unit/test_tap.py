@@ -94,6 +94,34 @@ def test_options_are_coerced():
     assert options["ban-memory"] == 60.5
 
 
+def test_dev_listens_on_loopback_only():
+    """--dev without --port listens on 127.0.0.1:8787 (backlog 1024), not every interface."""
+    assert parse("--dev")["port"] == "tcp:8787:interface=127.0.0.1:backlog=1024"
+    assert parse("--dev", "--auto-knock")["port"] == tap.DEV_PORT
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dev", "--port", "tcp:9000"],
+        ["--port", "tcp:9000", "--dev"],
+        ["--dev", "-p", "tcp:9000"],
+        ["--dev", "--port=tcp:9000"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_dev_keeps_an_explicit_port(args):
+    """With --dev, a --port given on the command line wins, in any order or form."""
+    assert parse(*args)["port"] == "tcp:9000"
+
+
+def test_dev_keeps_an_explicit_port_equal_to_the_default():
+    """--dev --port tcp:8787:backlog=1024 listens on every interface, as asked."""
+    assert parse("--dev", "--port", "tcp:8787:backlog=1024")["port"] == (
+        "tcp:8787:backlog=1024"
+    )
+
+
 def test_systemd_port_is_kept_verbatim():
     """A systemd: endpoint string passes through untouched."""
     port = "systemd:domain=INET:index=0"
@@ -172,8 +200,20 @@ def test_dev_writes_a_private_env_file(tmp_path, capsys):
     # It says how to get a token and how to notify.
     out = capsys.readouterr().out
     assert "officerouter token" in out
+    # The README's default user, so that its examples follow on.
+    assert "token test-user-1 org-123 member " in out
+    assert "token user-1 " not in out
+    assert "ws://localhost:8787/websocket" in out
     assert "curl -X POST" in out
     assert str(path) in out
+
+
+def test_dev_help_goes_to_stderr_with_json_logs(tmp_path, capsys):
+    """With --log-format json the first-run help is on stderr: stdout stays JSON lines."""
+    tap.prepare_settings(parse("--dev", "--log-format", "json"), {}, tmp_path)
+    written = capsys.readouterr()
+    assert written.out == ""
+    assert "officerouter token" in written.err
 
 
 def test_dev_mode_file_is_private_despite_umask(tmp_path, capsys):
