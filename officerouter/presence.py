@@ -4,7 +4,8 @@ A user is present from their first admitted connection until their last one has
 been gone for the grace period, so a page reload or a network blip shows nothing
 to the others.  The room owns the connections and says what happened; this
 tracker keeps the state and the grace timers, and calls back when a user's grace
-runs out.  Pending guests are never tracked.
+runs out.  Pending guests are never tracked.  :class:`HeldRoles` keeps the roles
+the backend set for users while they have no connection, whatever their role.
 """
 
 from __future__ import annotations
@@ -135,3 +136,66 @@ class PresenceTracker:
                 user.grace.cancel()
             user.grace = None
         self._users.clear()
+
+
+class HeldRoles:
+    """Roles the backend set for users who have no connection, kept for a while.
+
+    A ``user_updated`` must outlive the connections it found: a member demoted
+    while away (or demoted, then gone) must not come back a member with a token
+    issued before the demotion, nor be replayed the broadcasts sent since; a
+    pending guest let in while away comes back admitted.  Each role is kept
+    ``ttl`` seconds from when it was set or its user's last connection left,
+    whichever is later: with ``ttl`` the history window, a connection that could
+    be replayed a message sent after the change always takes it.  Expired roles
+    are dropped as new ones arrive, oldest first: no timer.
+
+    :param now: the current time.
+    :param ttl: how long a role is held (0: never).
+    """
+
+    def __init__(self, now: Callable[[], float], ttl: float) -> None:
+        self._now = now
+        self._ttl = ttl
+        # user id -> (role, since when); in the order they were (re)held, which
+        # is also the order in which they expire.
+        self._roles: dict[str, tuple[str, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._roles)
+
+    def hold(self, user_id: str, role: str) -> None:
+        """Hold ``role`` for the user from now on."""
+        if self._ttl <= 0:
+            return
+        now = self._now()
+        self._roles.pop(user_id, None)
+        self._roles[user_id] = (role, now)
+        self._prune(now)
+
+    def get(self, user_id: str) -> str | None:
+        """The role held for the user, or ``None``."""
+        held = self._roles.get(user_id)
+        if held is None:
+            return None
+        if held[1] + self._ttl <= self._now():
+            del self._roles[user_id]
+            return None
+        return held[0]
+
+    def forget(self, user_id: str) -> None:
+        """Stop holding the user's role (they connected, or were banned)."""
+        self._roles.pop(user_id, None)
+
+    def clear(self) -> None:
+        """Forget every role (the room is being dropped)."""
+        self._roles.clear()
+
+    def _prune(self, now: float) -> None:
+        roles = self._roles
+        cutoff = now - self._ttl
+        while roles:
+            user_id, (_, since) = next(iter(roles.items()))
+            if since > cutoff:
+                return
+            del roles[user_id]

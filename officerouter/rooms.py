@@ -50,7 +50,7 @@ from officerouter.messages import (
     UserPosition,
     UserRoleChanged,
 )
-from officerouter.presence import PresenceTracker
+from officerouter.presence import HeldRoles, PresenceTracker
 
 
 class Connection(TypingProtocol):
@@ -124,6 +124,8 @@ class OrgRoom:
         connection left.
     :param auto_knock: send ``guest_knock`` to owners and admins when a pending
         guest connects.
+    :param role_memory: seconds a role set by the backend outlives its user's
+        connections (see :class:`~officerouter.presence.HeldRoles`).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class OrgRoom:
         presence_grace: float = 5.0,
         auto_knock: bool = False,
         position_tick: float = 0.05,
+        role_memory: float = 0.0,
     ) -> None:
         self.org_id = org_id
         self._catalog = catalog
@@ -157,6 +160,10 @@ class OrgRoom:
         self._tick_positions: dict[str, UserPosition] = {}
         self._tick_call: IDelayedCall | None = None
         self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
+        # Roles the backend set: held for users without a connection, and the
+        # connected users whose role it set, to be held when they leave.
+        self._held = HeldRoles(clock.seconds, max(role_memory, presence_grace))
+        self._assigned: set[str] = set()
         # Each online user's snapshot entry, in arrival order, and the users whose
         # entry must be re-encoded before the next snapshot.
         self._entries: dict[str, bytes] = {}
@@ -214,11 +221,13 @@ class OrgRoom:
         user_id = identity.user_id
         user_sessions = self._by_user.get(user_id)
         present = self._presence.get(user_id)
-        # A second tab, or a reconnection within the grace period, follows the
-        # role the room holds: a user_updated may have changed it since the token
-        # was issued.
+        # A second tab, a reconnection within the grace period, or a user whose
+        # role the backend set while away follows the role the room holds: a
+        # user_updated may have changed it since the token was issued.
+        held = self._held.get(user_id)
         role = (
             self.role_of(user_id)
+            or held
             or (present.role if present is not None else None)
             or identity.role
         )
@@ -248,6 +257,9 @@ class OrgRoom:
         self._sessions[connection_id] = session
         self._by_user.setdefault(user_id, {})[connection_id] = session
         self._stale[user_id] = None
+        if held is not None:
+            self._held.forget(user_id)
+            self._assigned.add(user_id)
         arrived = False
         if session.admitted:
             arrived = self._presence.arrive(user_id, role)
@@ -282,6 +294,9 @@ class OrgRoom:
         del user_sessions[session.connection_id]
         if not user_sessions:
             del self._by_user[session.user_id]
+            if session.user_id in self._assigned:
+                self._assigned.discard(session.user_id)
+                self._held.hold(session.user_id, session.role)
             if self._presence.depart(session.user_id):
                 self._announce_left(session.user_id)
         return True
@@ -504,6 +519,10 @@ class OrgRoom:
         """Apply a role now; return the presence events to send after delivery."""
         sessions = self._by_user.get(user_id, {})
         self._stale[user_id] = None
+        if sessions:
+            self._assigned.add(user_id)
+        else:
+            self._held.hold(user_id, role)
         for session in sessions.values():
             session.role = role
             if session.admitted:
@@ -542,6 +561,9 @@ class OrgRoom:
     def _close_user(self, action: CloseUser) -> None:
         if action.ban:
             self._bans[action.user_id] = self._clock.seconds()
+            # The backend's next word on this user is a token issued after the ban.
+            self._held.forget(action.user_id)
+            self._assigned.discard(action.user_id)
             # A banned user will not be back: no grace period.
             if self._presence.remove(action.user_id):
                 self._announce_left(action.user_id)
@@ -556,6 +578,8 @@ class OrgRoom:
     def dispose(self) -> None:
         """Cancel the room's timers (it is being dropped, or the daemon stops)."""
         self._presence.dispose()
+        self._held.clear()
+        self._assigned.clear()
         self._entries.clear()
         self._stale.clear()
         if self._events_call is not None and self._events_call.active():
@@ -781,6 +805,8 @@ class OrgRegistry:
             presence_grace=self._presence_grace,
             auto_knock=self._auto_knock,
             position_tick=self._position_tick,
+            # A role change is held as long as a replay could reach past it.
+            role_memory=self._history.seconds,
         )
         self._rooms[org_id] = room
         return room

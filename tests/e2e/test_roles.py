@@ -264,3 +264,80 @@ async def test_ban_without_connections_still_refuses_old_tokens(router: Router, 
         403,
         b"banned",
     )
+
+
+def since_of(client: Client) -> str:
+    """The ``since`` value for everything a client has seen."""
+    welcome = client.welcome["payload"]
+    return f"{welcome['epoch']}.{max([welcome['seq'], *client.seqs])}"
+
+
+async def leave(router: Router, client: Client) -> None:
+    """Close a client and wait until the server has let its user go."""
+    client.sendClose()
+    await client.wait_closed()
+    await router.until(
+        lambda: router.registry.user_connection_count(ORG, client.user_id) == 0
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_demotion_while_away_holds_for_the_old_token(router: Router, token):
+    """A member demoted within the grace period who reconnects with the old member
+    token and ``?since=`` is a pending guest: only direct messages are replayed."""
+    member_token = token("alice", ORG, "member")
+    alice = await router.connect(member_token)
+    max_ = await router.connect(token("max", ORG, "member"))
+    since = since_of(alice)
+    await leave(router, alice)
+    assert await router.notify(user_updated("alice", "pending_guest")) == (
+        200,
+        {"ok": True, "delivered": 1},
+    )
+    assert await router.notify(broadcast("after")) == (
+        200,
+        {"ok": True, "delivered": 1},
+    )
+    direct = {**broadcast("for-alice"), "routing": "direct", "targets": ["alice"]}
+    assert await router.notify(direct) == (200, {"ok": True, "delivered": 0})
+
+    back = await router.connect(member_token, query=f"?since={since}")
+    assert back.welcome["payload"]["role"] == "pending_guest"
+    assert back.welcome["payload"]["recovered"] is True
+    assert (await back.next())["payload"]["roomId"] == "for-alice"
+    assert [(await max_.next())["type"] for _ in range(2)] == [
+        "user_updated",
+        "room_updated",
+    ]
+    await assert_excluded(router, back, max_)
+    assert list(back.presence.pending) == []
+    # Max saw Alice leave at once, and never come back.
+    assert [f["type"] for f in max_.presence.pending][-1] == "user_left"
+
+
+@pytest_twisted.ensureDeferred
+async def test_promotion_while_away_holds_for_the_old_token(router: Router, token):
+    """A pending guest let in while disconnected who reconnects with the old token
+    and ``?since=`` is admitted: the broadcasts since are replayed."""
+    guest_token = token("gail", ORG, "pending_guest")
+    gail = await router.connect(guest_token)
+    max_ = await router.connect(token("max", ORG, "member"))
+    since = since_of(gail)
+    await leave(router, gail)
+    assert await router.notify(user_updated("gail", "guest")) == (
+        200,
+        {"ok": True, "delivered": 1},
+    )
+    assert await router.notify(broadcast("after")) == (
+        200,
+        {"ok": True, "delivered": 1},
+    )
+
+    back = await router.connect(guest_token, query=f"?since={since}")
+    assert back.welcome["payload"]["role"] == "guest"
+    assert back.welcome["payload"]["recovered"] is True
+    assert (await back.next())["type"] == "user_updated"
+    assert (await back.next())["payload"]["roomId"] == "after"
+    for _ in range(2):
+        await max_.next()
+    await assert_included(router, [back], max_)

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from officerouter import codes
 from officerouter.codec import Burst, encode
+from officerouter.history import HistoryBounds
 from officerouter.messages import (
     ClientMessage,
     Notification,
@@ -20,7 +21,7 @@ from officerouter.messages import (
     Presence,
     RoomUpdated,
 )
-from officerouter.rooms import OrgRegistry, Session
+from officerouter.rooms import OrgRegistry, RefusedError, Session
 
 from .fakes import (
     PRESENCE_TYPES,
@@ -52,11 +53,17 @@ def registry(clock: Clock) -> OrgRegistry:
 
 
 def join(
-    registry: OrgRegistry, user: str, role: str = "member", since: str | None = None
+    registry: OrgRegistry,
+    user: str,
+    role: str = "member",
+    since: str | None = None,
+    issued_at: float | None = 0.0,
 ) -> tuple[Recorder, Session]:
     """Connect a fake connection for ``user`` in org-a."""
     connection = Recorder()
-    session = registry.connect(identity(user, "org-a", role), connection, since=since)
+    session = registry.connect(
+        identity(user, "org-a", role, issued_at=issued_at), connection, since=since
+    )
     return connection, session
 
 
@@ -304,6 +311,161 @@ def test_ban_announces_user_left_at_once(registry, clock):
     registry.disconnect(bob_session)
     clock.advance(10)
     assert alice.types == ["user_left"]
+
+
+# ------------------------------------------------------------ roles held while away
+
+
+def since_of(connection: FakeConnection) -> str:
+    """The ``since`` value for everything a connection has seen."""
+    welcome = connection.welcome["payload"]
+    seqs = [f["seq"] for f in connection.frames if "seq" in f]
+    return f"{welcome['epoch']}.{max([welcome['seq'], *seqs])}"
+
+
+def note_to(user: str) -> Notification:
+    """A room_updated sent direct to one user."""
+    return Notification(
+        org_id="org-a",
+        routing="direct",
+        type="room_updated",
+        payload=RoomUpdated(roomId="for-" + user, name="Hall"),
+        targets=(user,),
+    )
+
+
+def test_demotion_during_grace_holds_for_the_reconnection(registry, clock):
+    """A member demoted within their grace period comes back with their old member
+    token as a pending guest: only direct messages replayed, no snapshot, nobody told."""
+    alice, _ = join(registry, "alice")
+    bob, bob_session = join(registry, "bob")
+    since = since_of(bob)
+    registry.disconnect(bob_session)
+    clock.advance(1)
+    registry.notify(role_change("bob", "pending_guest"))
+    registry.notify(broadcast())
+    registry.notify(note_to("bob"))
+    clock.advance(1)
+    alice.clear()
+    back, session = join(registry, "bob", "member", since=since)
+    assert back.welcome["payload"]["role"] == "pending_guest"
+    assert back.welcome["payload"]["recovered"] is True
+    assert session.role == "pending_guest"
+    assert [(f["type"], f["payload"].get("roomId")) for f in back.frames[1:]] == [
+        ("room_updated", "for-bob")
+    ]
+    registry.notify(broadcast())
+    clock.advance(10)
+    assert back.types == ["connected", "room_updated"]
+    assert alice.types == ["room_updated"]
+    assert [u.userId for u in registry.presence("org-a")] == ["alice"]
+
+
+def test_promotion_of_an_absent_pending_guest_holds_for_the_reconnection(
+    registry, clock
+):
+    """A pending guest let in while disconnected comes back admitted with their old
+    token: the broadcasts since ``since`` are replayed, and the others see them join."""
+    alice, _ = join(registry, "alice")
+    gus, gus_session = join(registry, "gus", "pending_guest")
+    since = since_of(gus)
+    registry.disconnect(gus_session)
+    registry.notify(role_change("gus", "guest"))
+    registry.notify(broadcast())
+    clock.advance(0)
+    alice.clear()
+    back, session = join(registry, "gus", "pending_guest", since=since)
+    assert back.welcome["payload"]["role"] == "guest"
+    assert back.welcome["payload"]["recovered"] is True
+    assert session.role == "guest"
+    assert back.types == ["connected", "presence", "user_updated", "room_updated"]
+    clock.advance(0)
+    assert alice.frames == [{"type": "user_joined", "payload": entry("gus", "guest")}]
+
+
+def test_role_set_while_connected_outlives_the_last_connection(registry, clock):
+    """A member demoted while connected who leaves and comes back past the grace
+    period with their old member token is still a pending guest."""
+    join(registry, "alice")
+    _, bob = join(registry, "bob")
+    registry.notify(role_change("bob", "pending_guest"))
+    registry.disconnect(bob)
+    clock.advance(60)
+    back, session = join(registry, "bob", "member")
+    assert back.welcome["payload"]["role"] == "pending_guest"
+    assert back.types == ["connected"]
+    assert session.role == "pending_guest"
+
+
+def test_role_set_for_a_user_never_connected_is_held(registry, clock):
+    """A user_updated for a user with no connection and no presence gives their
+    first connection its role, whatever the token says."""
+    join(registry, "alice")
+    registry.notify(role_change("dave", "pending_guest"))
+    registry.notify(role_change("erin", "admin"))
+    clock.advance(30)
+    dave, _ = join(registry, "dave", "member")
+    erin, _ = join(registry, "erin", "guest")
+    assert dave.welcome["payload"]["role"] == "pending_guest"
+    assert erin.welcome["payload"]["role"] == "admin"
+
+
+def test_held_role_lasts_the_history_window_then_the_token_decides(clock):
+    """A held role lasts ``--history-seconds`` after it was set or its user last
+    left (the grace period if longer), then the token's role applies again."""
+    registry = make_registry(clock, history=HistoryBounds(seconds=60))
+    join(registry, "alice")
+    _, bob = join(registry, "bob")
+    registry.notify(role_change("carol", "pending_guest"))
+    clock.advance(30)
+    registry.notify(role_change("bob", "pending_guest"))
+    registry.disconnect(bob)
+    clock.advance(29.5)
+    early, carol = join(registry, "carol", "member")
+    assert early.welcome["payload"]["role"] == "pending_guest"
+    registry.disconnect(carol)
+    clock.advance(59.5)
+    assert join(registry, "carol", "member")[1].role == "pending_guest"
+    assert join(registry, "bob", "member")[1].role == "member"
+    longer = make_registry(clock, presence_grace=30, history=HistoryBounds(seconds=10))
+    join(longer, "alice")
+    longer.notify(role_change("dave", "pending_guest"))
+    clock.advance(29)
+    assert join(longer, "dave", "member")[1].role == "pending_guest"
+    longer.notify(role_change("erin", "pending_guest"))
+    clock.advance(30)
+    assert join(longer, "erin", "member")[1].role == "member"
+
+
+def test_ban_during_grace_is_final(registry, clock):
+    """A user banned within their grace period leaves presence at once and their
+    old token is refused; a token issued after the ban takes its own role."""
+    clock.advance(100)
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob", issued_at=90)
+    registry.disconnect(bob)
+    clock.advance(1)
+    alice.clear()
+    registry.notify(ban("bob"))
+    clock.advance(0)
+    assert alice.frames == [{"type": "user_left", "payload": {"userId": "bob"}}]
+    with pytest.raises(RefusedError):
+        registry.connect(identity("bob", issued_at=90), Recorder())
+    clock.advance(1)
+    _, session = join(registry, "bob", "member", issued_at=102)
+    assert session.role == "member"
+
+
+def test_ban_forgets_a_held_role(registry, clock):
+    """A role held for a banned user is dropped with the ban: the token the backend
+    issues afterwards decides."""
+    clock.advance(100)
+    join(registry, "alice")
+    registry.notify(role_change("bob", "pending_guest"))
+    registry.notify(ban("bob"))
+    clock.advance(1)
+    _, session = join(registry, "bob", "member", issued_at=102)
+    assert session.role == "member"
 
 
 def test_presence_frames_carry_no_seq(registry, clock):
