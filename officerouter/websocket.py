@@ -536,6 +536,8 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.live: InFlight[OfficeServerProtocol] = InFlight()
         #: Set when the daemon stops: new handshakes are refused with 503.
         self.stopping = False
+        # One call: each setProtocolOptions() call sets allowNullOrigin again,
+        # to False unless it is passed.
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
             maxMessagePayloadSize=limits.max_message_bytes,
@@ -547,9 +549,13 @@ class OfficeServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=close_handshake_timeout,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+            # Origins are OriginPolicy's to judge (onConnect, 403).  Autobahn
+            # allows every origin but `null` (and file://, which it reads as
+            # null), which it refused with a 400 before onConnect.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            perMessageCompressionAccept=_accept_deflate if permessage_deflate else None,
         )
-        if permessage_deflate:
-            self.setProtocolOptions(perMessageCompressionAccept=_accept_deflate)
         # Autobahn copies every protocol option (about forty) from the factory
         # into each connection's __dict__ unless the protocol class already has
         # it.  A subclass of our own per factory carries them once instead.

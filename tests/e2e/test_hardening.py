@@ -259,6 +259,40 @@ async def test_origin_allow_list(router, token):
     await router.connect(token("b"))
 
 
+@pytest.mark.parametrize("origin", ["null", "file://", "https://app.example.com"])
+@pytest_twisted.ensureDeferred
+async def test_any_origin_by_default_null_included(router, token, origin):
+    """Without an allow-list every origin is allowed, the opaque ``null`` of
+    sandboxed iframes and ``file://`` pages included."""
+    client = await router.connect(token("a"), headers={"Origin": origin})
+    assert client.welcome["payload"]["userId"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("router_options", "allowed"),
+    [
+        ({"allowed_origins": ["https://office.example.com"]}, False),
+        ({"allowed_origins": ["https://office.example.com", "null"]}, True),
+        ({"allowed_origins": ["NULL"]}, True),
+    ],
+)
+@pytest.mark.parametrize("origin", ["null", "file://"])
+@pytest_twisted.ensureDeferred
+async def test_null_origin_with_an_allow_list_only_when_listed(
+    router, token, allowed, origin
+):
+    """With an allow-list, ``Origin: null`` (and a ``file://`` page) is refused 403
+    unless the list names ``null``."""
+    if allowed:
+        client = await router.connect(token("a"), headers={"Origin": origin})
+        assert client.welcome["payload"]["userId"] == "a"
+    else:
+        status, phrase = await router.handshake(
+            {"Sec-WebSocket-Protocol": token(), "Origin": origin}
+        )
+        assert (status, phrase) == (403, b"origin not allowed")
+
+
 @pytest.mark.parametrize("router_options", [{"http_timeout": 0.5}])
 @pytest_twisted.ensureDeferred
 async def test_idle_http_connection_times_out_but_websocket_stays(router, token):
