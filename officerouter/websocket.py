@@ -16,6 +16,7 @@ import re
 import socket
 import struct
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from zope.interface import implementer
 
@@ -241,17 +242,28 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(401, e.reason) from None
         except RefusedError as e:
             raise ConnectionDeny(e.status, e.reason) from None
-        positions = request.params.get("positions", [""])[0]
+        params = self._query_params()
+        positions = params.get("positions", [""])[0]
         if positions not in ("", "batched"):
             raise ConnectionDeny(400, codes.REASON_POSITIONS_PARAM)
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
             raise ConnectionDeny(*refusal)
         self._identity = identity
-        since = request.params.get("since")
+        since = params.get("since")
         self._since = since[0] if since else None
         self._batch_positions = positions == "batched"
         return echo
+
+    def _query_params(self) -> dict[str, list[str]]:
+        """The request's query parameters, blank values kept.
+
+        Autobahn's ``request.params`` drops them (``parse_qs`` without
+        ``keep_blank_values``), and ``?since=`` is a request for recovery all
+        the same, answered ``recovered: false``.
+        """
+        query = urlsplit(self.http_request_uri).query
+        return parse_qs(query, keep_blank_values=True)
 
     def onOpen(self) -> None:
         # Autobahn calls onOpen with no errback: a bug here must not leave a
