@@ -151,6 +151,9 @@ class OriginPolicy:
 
     An empty list allows every origin.  Requests without an ``Origin`` header
     (non-browser clients) are always allowed: the token is what authenticates.
+    ``null`` is the opaque origin of sandboxed iframes, ``file://`` pages (which
+    some browsers send as ``file://``) and privacy-sensitive redirects: any site
+    can produce it, so a list admits it only when it names ``null`` itself.
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
@@ -167,4 +170,6 @@ class OriginPolicy:
         if not self._regexes or not origin:
             return True
         candidate = origin.strip().lower().rstrip("/")
+        if candidate.startswith("file:"):
+            candidate = "null"
         return any(r.match(candidate) for r in self._regexes)

@@ -6,7 +6,8 @@ protocol is the room's :class:`~officerouter.rooms.Connection`: it frames each
 encoded message once, queues it in an :class:`~officerouter.limits.Outbox`, and
 writes everything queued for a connection during one reactor iteration with a
 single ``transport.write``; while the transport is full (producer paused) the
-outbox holds frames, bounded.
+outbox holds frames, bounded.  Pongs go through the outbox too, and pings through
+the rate limit: Autobahn would answer each ping past both.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import socket
 import struct
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from zope.interface import implementer
 
@@ -66,6 +68,22 @@ def text_frame(data: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + data
     return struct.pack("!BBQ", 0x81, 127, n) + data
+
+
+_OPCODE_PONG = 0xA
+
+
+class ControlFrame(bytes):
+    """A framed control frame in a connection's outbox.
+
+    A compressing connection's outbox holds message payloads, each compressed
+    and framed as it is written; a control frame among them is written as is.
+    """
+
+
+def pong_frame(payload: bytes) -> ControlFrame:
+    """The unmasked pong answering a ping (whose payload is at most 125 bytes)."""
+    return ControlFrame(struct.pack("!BB", 0x80 | _OPCODE_PONG, len(payload)) + payload)
 
 
 def framed(message: Encoded) -> bytes:
@@ -224,17 +242,28 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(401, e.reason) from None
         except RefusedError as e:
             raise ConnectionDeny(e.status, e.reason) from None
-        positions = request.params.get("positions", [""])[0]
+        params = self._query_params()
+        positions = params.get("positions", [""])[0]
         if positions not in ("", "batched"):
             raise ConnectionDeny(400, codes.REASON_POSITIONS_PARAM)
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
             raise ConnectionDeny(*refusal)
         self._identity = identity
-        since = request.params.get("since")
+        since = params.get("since")
         self._since = since[0] if since else None
         self._batch_positions = positions == "batched"
         return echo
+
+    def _query_params(self) -> dict[str, list[str]]:
+        """The request's query parameters, blank values kept.
+
+        Autobahn's ``request.params`` drops them (``parse_qs`` without
+        ``keep_blank_values``), and ``?since=`` is a request for recovery all
+        the same, answered ``recovered: false``.
+        """
+        query = urlsplit(self.http_request_uri).query
+        return parse_qs(query, keep_blank_values=True)
 
     def onOpen(self) -> None:
         # Autobahn calls onOpen with no errback: a bug here must not leave a
@@ -308,10 +337,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         if isBinary:
             self.close(codes.CLOSE_UNSUPPORTED_DATA, codes.REASON_BINARY)
             return
-        assert self._guard is not None
-        verdict = self._guard.check()
-        if verdict is not Verdict.ALLOW:
-            self._rate_limited(session, verdict)
+        if not self._allow_frame(session):
             return
         registry = self.factory.registry
         try:
@@ -328,6 +354,33 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("unexpected error handling a client frame")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
+
+    def onPing(self, payload: bytes) -> None:
+        # Autobahn answers each ping at once with transport.write, past the
+        # outbox: a client pinging without reading grew the transport's buffer
+        # without bound, and pings escaped the rate limit.  A ping is a frame
+        # like any other here: it takes a token (over the limit it gets no
+        # pong), and its pong waits in the outbox under the buffer limits.
+        session = self._session
+        if (
+            session is not None
+            and self.state == _STATE_OPEN
+            and self._allow_frame(session)
+        ):
+            self._queue(pong_frame(payload), None)
+
+    def _allow_frame(self, session: Session) -> bool:
+        """Count a frame from the client against its rate limit.
+
+        :returns: whether to handle it (otherwise it is dropped, and the client
+            warned or closed).
+        """
+        assert self._guard is not None
+        verdict = self._guard.check()
+        if verdict is Verdict.ALLOW:
+            return True
+        self._rate_limited(session, verdict)
+        return False
 
     def _rate_limited(self, session: Session, verdict: Verdict) -> None:
         if verdict is Verdict.DROP_AND_WARN:
@@ -409,7 +462,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             return
         if self._compressing:
             for data in outbox.take_each():
-                self.sendMessage(data)
+                if isinstance(data, ControlFrame):
+                    self.sendData(data)
+                else:
+                    self.sendMessage(data)
             return
         self._write(outbox.take())
 
@@ -492,6 +548,8 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.live: InFlight[OfficeServerProtocol] = InFlight()
         #: Set when the daemon stops: new handshakes are refused with 503.
         self.stopping = False
+        # One call: each setProtocolOptions() call sets allowNullOrigin again,
+        # to False unless it is passed.
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_message_bytes,
             maxMessagePayloadSize=limits.max_message_bytes,
@@ -503,9 +561,13 @@ class OfficeServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=close_handshake_timeout,
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_timeout,
+            # Origins are OriginPolicy's to judge (onConnect, 403).  Autobahn
+            # allows every origin but `null` (and file://, which it reads as
+            # null), which it refused with a 400 before onConnect.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            perMessageCompressionAccept=_accept_deflate if permessage_deflate else None,
         )
-        if permessage_deflate:
-            self.setProtocolOptions(perMessageCompressionAccept=_accept_deflate)
         # Autobahn copies every protocol option (about forty) from the factory
         # into each connection's __dict__ unless the protocol class already has
         # it.  A subclass of our own per factory carries them once instead.

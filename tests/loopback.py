@@ -231,9 +231,12 @@ class RawClient:
     """A WebSocket client on a plain socket that reads only when told to.
 
     Its receive buffer is small, so a server writing to it fills up quickly.
+    ``extensions``, if given, is offered in ``Sec-WebSocket-Extensions``.
     """
 
-    def __init__(self, port: int, token: str, rcvbuf: int = 4096) -> None:
+    def __init__(
+        self, port: int, token: str, rcvbuf: int = 4096, extensions: str = ""
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.connect(("127.0.0.1", port))
@@ -245,7 +248,8 @@ class RawClient:
                 f"Host: 127.0.0.1:{port}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Sec-WebSocket-Protocol: {token}\r\n\r\n"
+                + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "")
+                + f"Sec-WebSocket-Protocol: {token}\r\n\r\n"
             ).encode()
         )
         self.buffer = b""

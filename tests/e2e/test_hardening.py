@@ -259,6 +259,40 @@ async def test_origin_allow_list(router, token):
     await router.connect(token("b"))
 
 
+@pytest.mark.parametrize("origin", ["null", "file://", "https://app.example.com"])
+@pytest_twisted.ensureDeferred
+async def test_any_origin_by_default_null_included(router, token, origin):
+    """Without an allow-list every origin is allowed, the opaque ``null`` of
+    sandboxed iframes and ``file://`` pages included."""
+    client = await router.connect(token("a"), headers={"Origin": origin})
+    assert client.welcome["payload"]["userId"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("router_options", "allowed"),
+    [
+        ({"allowed_origins": ["https://office.example.com"]}, False),
+        ({"allowed_origins": ["https://office.example.com", "null"]}, True),
+        ({"allowed_origins": ["NULL"]}, True),
+    ],
+)
+@pytest.mark.parametrize("origin", ["null", "file://"])
+@pytest_twisted.ensureDeferred
+async def test_null_origin_with_an_allow_list_only_when_listed(
+    router, token, allowed, origin
+):
+    """With an allow-list, ``Origin: null`` (and a ``file://`` page) is refused 403
+    unless the list names ``null``."""
+    if allowed:
+        client = await router.connect(token("a"), headers={"Origin": origin})
+        assert client.welcome["payload"]["userId"] == "a"
+    else:
+        status, phrase = await router.handshake(
+            {"Sec-WebSocket-Protocol": token(), "Origin": origin}
+        )
+        assert (status, phrase) == (403, b"origin not allowed")
+
+
 @pytest.mark.parametrize("router_options", [{"http_timeout": 0.5}])
 @pytest_twisted.ensureDeferred
 async def test_idle_http_connection_times_out_but_websocket_stays(router, token):
@@ -377,6 +411,127 @@ async def test_client_ping_is_answered_with_pong(router, token):
 
         await wait_until(ponged)
         assert (0xA, b"are-you-there") in found
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("router_options", [{}, {"permessage_deflate": True}])
+@pytest_twisted.ensureDeferred
+async def test_client_ping_is_answered_with_pong_among_messages(router, token):
+    """A ping is answered with a pong in order with the messages, compressed or not."""
+    raw = RawClient(
+        router.port.getHost().port,
+        token("pinger", "org-a"),
+        extensions="permessage-deflate",
+    )
+    try:
+        await raw.handshake()
+        await wait_until(lambda: router.registry.connection_count == 1)
+        await router.notify(_room_updated("org-a", 1))
+        raw.sock.sendall(_masked(0x9, b"are-you-there"))
+        found: list[tuple[int, bytes]] = []
+
+        def ponged() -> bool:
+            raw.read_available()
+            found.extend(raw.frames())
+            return any(op == 0xA for op, _ in found)
+
+        await wait_until(ponged)
+        assert [op for op, _ in found] == [0x1, 0x1, 0x1, 0xA]
+        assert found[-1] == (0xA, b"are-you-there")
+    finally:
+        raw.close()
+
+
+def _server_side(router) -> tuple[int, int]:
+    """The open connection's bytes waiting on the server: (transport, outbox)."""
+    sizes = (0, 0)
+    for protocol in router.factory.live:
+        transport = protocol.transport
+        waiting = len(transport.dataBuffer) + transport._tempDataLen
+        outbox = protocol._outbox.size if protocol._outbox is not None else 0
+        sizes = (max(sizes[0], waiting), max(sizes[1], outbox))
+    return sizes
+
+
+async def _flood(router, raw: RawClient, frame: bytes, seconds: float) -> int:
+    """Send ``frame`` without reading until the server drops the user or time is up.
+
+    :returns: the most bytes seen waiting on the server side for the connection.
+    """
+    batch = frame * 64
+    most = 0
+    deadline = reactor.seconds() + seconds
+    while router.registry.connection_count and reactor.seconds() < deadline:
+        with contextlib.suppress(BlockingIOError):
+            raw.sock.send(batch)
+        await sleep(0.001)
+        most = max(most, sum(_server_side(router)))
+    return most
+
+
+@pytest.mark.parametrize(
+    "router_options", [{"rate": 5, "burst": 5, "flood_seconds": 1}]
+)
+@pytest_twisted.ensureDeferred
+async def test_ping_flood_is_closed_1008(router, token):
+    """Pings count against the rate limit: a flood of them from a client that
+    never reads gets few pongs and is closed with 1008."""
+    raw = RawClient(router.port.getHost().port, token("pinger", "org-a"))
+    try:
+        await raw.handshake()
+        await wait_until(lambda: router.registry.connection_count == 1)
+        most = await _flood(router, raw, _masked(0x9, b"p" * 125), 4)
+        assert router.registry.connection_count == 0, "flooder kept"
+        assert most < 64 * 1024
+        await wait_until(
+            lambda: (raw.read_available() or True) and b"\x88" in raw.buffer[-64:]
+        )
+        frames = raw.frames()
+        # The burst, then a few a second, until the flood lasted a second.
+        assert 5 <= len([op for op, _ in frames if op == 0xA]) <= 15
+        assert frames[-1][0] == 0x8
+        assert struct.unpack("!H", frames[-1][1][:2])[0] == 1008
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "router_options",
+    [
+        {
+            "rate": 1e9,
+            "burst": 10**9,
+            "soft_buffer_bytes": 4096,
+            "hard_buffer_bytes": 32768,
+            "socket_send_buffer": 4096,
+        },
+        {
+            "rate": 1e9,
+            "burst": 10**9,
+            "soft_buffer_bytes": 4096,
+            "hard_buffer_bytes": 32768,
+            "socket_send_buffer": 4096,
+            "permessage_deflate": True,
+        },
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_pongs_count_against_the_outgoing_buffer(router, token):
+    """Pongs to a client that pings and never reads are bounded by the outgoing
+    buffer like any frame: past the hard limit the connection is closed."""
+    raw = RawClient(
+        router.port.getHost().port,
+        token("pinger", "org-a"),
+        extensions="permessage-deflate",
+    )
+    try:
+        await raw.handshake()
+        await wait_until(lambda: router.registry.connection_count == 1)
+        most = await _flood(router, raw, _masked(0x9, b"p" * 125), 4)
+        assert router.registry.connection_count == 0, "pinger kept"
+        # Twisted's own buffer (64 KiB before it pauses us) plus the outbox.
+        assert most < 256 * 1024
     finally:
         raw.close()
 

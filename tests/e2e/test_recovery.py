@@ -131,6 +131,39 @@ async def test_reconnect_from_another_epoch_is_not_recovered(router: Router, tok
     assert (frame["payload"]["roomId"], frame["seq"]) == ("after", 2)
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?since=",
+        "?since",
+        "?since=&positions=batched",
+        "?positions=&since=",
+        "?since=x",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_empty_or_malformed_since_is_not_recovered(router: Router, token, query):
+    """A ``since`` parameter that is present but empty or malformed still counts as
+    asked: ``recovered: false``, then the live stream."""
+    await router.connect(token("olga", ORG), full=True)
+    await router.notify(note("before"))
+    client = await router.connect(token("alice", ORG), query=query, full=True)
+    assert client.welcome["payload"]["recovered"] is False
+    assert (await client.next())["type"] == "presence"
+    await router.notify(note("after"))
+    frame = await client.next()
+    assert (frame["payload"]["roomId"], frame["seq"]) == ("after", 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_query_without_since_does_not_ask(router: Router, token):
+    """Without ``since`` (or with another parameter only) ``connected`` has no
+    ``recovered``."""
+    for query in ("", "?", "?positions=", "?sincere=1"):
+        client = await router.connect(token("alice", ORG), query=query, full=True)
+        assert "recovered" not in client.welcome["payload"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_presence_endpoint_lists_online_users(router: Router, token):
     """GET /internal/presence answers the backend with roles, tab counts and last positions."""

@@ -130,3 +130,15 @@ def test_origin_policy_matches_exactly_and_by_subdomain_wildcard():
     assert not policy.allows("https://office.example")
     assert not policy.allows("null")
     assert policy.allows(None)
+
+
+def test_origin_policy_treats_file_pages_as_the_null_origin():
+    """``null`` and a ``file://`` page pass an empty list, and a list only when it
+    names ``null``, which no other pattern matches."""
+    for origin in ("null", "NULL", "file://", "file:///home/a/page.html"):
+        assert OriginPolicy([]).allows(origin)
+        assert OriginPolicy(["https://app.example.com", "null"]).allows(origin)
+        assert OriginPolicy(["Null"]).allows(origin)
+        assert not OriginPolicy(["https://app.example.com"]).allows(origin)
+        assert not OriginPolicy(["https://*.null"]).allows(origin)
+    assert not OriginPolicy(["null"]).allows("https://app.example.com")
