@@ -51,9 +51,19 @@ def _exact(label: str, *types: type) -> Callable[[Any, Any], Any]:
     return hook
 
 
+def _int64(value: Any, _: Any) -> Any:
+    # orjson writes 64-bit integers only: a larger one would be accepted here
+    # and fail when the message is encoded.
+    if type(value) is not int:
+        raise TypeError("expected an integer")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("expected a 64-bit integer")
+    return value
+
+
 # cattrs coerces primitives by default ("1" -> 1, 1 -> "1"); the contract does not.
 converter.register_structure_hook(str, _exact("a string", str))
-converter.register_structure_hook(int, _exact("an integer", int))
+converter.register_structure_hook(int, _int64)
 converter.register_structure_hook(float, _exact("a number", float, int))
 converter.register_structure_hook(bool, _exact("true or false", bool))
 # The envelopes' payload, kept whole until its type's class structures it.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from officerouter import codes
-from officerouter.catalog import BUILTIN
+from officerouter.catalog import BOTH, BUILTIN, MessageSpec
 from officerouter.codec import (
     MAX_DEPTH,
     ContractError,
@@ -833,3 +834,36 @@ def test_integer_literal_past_the_conversion_limit_is_invalid_json(where):
     assert error.code == codes.ERR_INVALID_JSON
     assert [path for path, _ in error.errors] == ["$"]
     assert "digits" in error.message
+
+
+@attrs.frozen(kw_only=True)
+class Counter:
+    """A plug-in's payload with an integer field."""
+
+    n: int
+
+
+COUNTER_CATALOG = {**BUILTIN, "counter": MessageSpec(payload=Counter, routings=BOTH)}
+
+
+def counter_body(n: int) -> bytes:
+    """A broadcast ``counter`` notification carrying ``n``."""
+    return json.dumps(
+        {"orgId": "o", "routing": "broadcast", "type": "counter", "payload": {"n": n}}
+    ).encode()
+
+
+@pytest.mark.parametrize("n", [2**63, -(2**63) - 1, 10**100])
+def test_integer_fields_refuse_what_cannot_be_written_back(n):
+    """An integer field refuses a value beyond 64 bits, which the encoder cannot write."""
+    with pytest.raises(ContractError) as info:
+        decode_notify(counter_body(n), COUNTER_CATALOG)
+    assert info.value.code == codes.ERR_INVALID_MESSAGE
+    assert info.value.errors == (("$.payload.n", "expected a 64-bit integer"),)
+
+
+@pytest.mark.parametrize("n", [2**63 - 1, -(2**63), 0])
+def test_integer_fields_take_64_bit_integers(n):
+    """Every 64-bit integer is accepted and encoded back unchanged."""
+    message = decode_notify(counter_body(n), COUNTER_CATALOG)
+    assert json.loads(encode(message.type, message.payload).data)["payload"] == {"n": n}
