@@ -19,6 +19,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from officerouter.codec import ContractError, is_unicode, parse_json
 from officerouter.messages import MAX_ID_LENGTH, ROLES
 
 ALLOWED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "EdDSA"})
@@ -155,7 +156,12 @@ def _claim_text(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name)
     if value is None:
         raise AuthError(f"claim {name} missing")
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > MAX_ID_LENGTH
+        or not is_unicode(value)
+    ):
         raise AuthError(f"claim {name} invalid")
     return value
 
@@ -217,11 +223,17 @@ class TokenVerifier:
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token too large")
+        if not token.isascii():
+            # A JWS is base64url and dots; PyJWT would fail to even encode a lone
+            # surrogate to bytes.
+            raise AuthError("malformed token")
         header = _unverified_header(token)
         alg = header.get("alg")
-        if alg not in ALLOWED_ALGORITHMS:
+        if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
             raise AuthError("algorithm not allowed")
         kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed token")
         candidates = self._keys
         if kid is not None:
             candidates = tuple(k for k in self._keys if k.kid == kid)
@@ -258,6 +270,10 @@ class TokenVerifier:
                 raise AuthError("issuer mismatch") from None
             except jwt.InvalidTokenError:
                 raise AuthError("malformed token") from None
+            except (ValueError, RecursionError):
+                # Claims PyJWT's own JSON reader chokes on: older releases let a
+                # RecursionError (deep nesting) through unconverted.
+                raise AuthError("malformed token") from None
             return claims
         raise AuthError("bad signature")
 
@@ -287,7 +303,9 @@ def _unverified_header(token: str) -> dict[str, Any]:
     """The JOSE header, read only to choose the key; PyJWT checks it all again.
 
     ``jwt.get_unverified_header`` would parse the whole token (signature included,
-    character by character in Python) once more before ``decode`` does.
+    character by character in Python) once more before ``decode`` does.  The
+    header is read by the service's one strict JSON reader: nesting, integer
+    length and lone surrogates are bounded before anything looks inside.
 
     :raises AuthError: ``malformed token``.
     """
@@ -295,10 +313,10 @@ def _unverified_header(token: str) -> dict[str, Any]:
     try:
         if not dot:
             raise ValueError("no payload")
-        header = json.loads(
+        header = parse_json(
             base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         )
-    except ValueError:  # base64, UTF-8 and JSON errors alike
+    except (ValueError, ContractError):  # base64, UTF-8 and JSON errors alike
         raise AuthError("malformed token") from None
     if not isinstance(header, dict):
         raise AuthError("malformed token")

@@ -8,6 +8,8 @@ Every failure becomes a :class:`ContractError` listing ``(path, reason)`` pairs.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, get_origin
 
@@ -34,6 +36,7 @@ from officerouter.messages import (
 )
 
 MAX_DEPTH: Final = 16
+NOT_UNICODE: Final = "not valid Unicode (lone surrogate)"
 
 converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
 
@@ -48,9 +51,19 @@ def _exact(label: str, *types: type) -> Callable[[Any, Any], Any]:
     return hook
 
 
+def _int64(value: Any, _: Any) -> Any:
+    # orjson writes 64-bit integers only: a larger one would be accepted here
+    # and fail when the message is encoded.
+    if type(value) is not int:
+        raise TypeError("expected an integer")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("expected a 64-bit integer")
+    return value
+
+
 # cattrs coerces primitives by default ("1" -> 1, 1 -> "1"); the contract does not.
 converter.register_structure_hook(str, _exact("a string", str))
-converter.register_structure_hook(int, _exact("an integer", int))
+converter.register_structure_hook(int, _int64)
 converter.register_structure_hook(float, _exact("a number", float, int))
 converter.register_structure_hook(bool, _exact("true or false", bool))
 # The envelopes' payload, kept whole until its type's class structures it.
@@ -163,6 +176,45 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+# Text decoded as strict UTF-8 holds a surrogate code point only through a
+# \uD800-\uDFFF escape, and the decoder joins a proper pair into one character:
+# what is left is a lone surrogate, which no UTF-8 writer (orjson) accepts.  The
+# parsed value is walked for them only when the bytes hold such an escape.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: it holds no lone surrogate."""
+    return text.isascii() or _SURROGATE.search(text) is None
+
+
+def _path_key(key: str) -> str:
+    # A lone surrogate in a path would make the error itself unwritable.
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _surrogate_errors(value: Any, path: str = "$") -> list[tuple[str, str]]:
+    """Every string and field name holding a lone surrogate, in document order.
+
+    Recursion is bounded: the value's depth was checked first.
+    """
+    errors: list[tuple[str, str]] = []
+    if isinstance(value, str):
+        if not is_unicode(value):
+            errors.append((path, NOT_UNICODE))
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            child_path = f"{path}.{_path_key(key)}"
+            if not is_unicode(key):
+                errors.append((child_path, "field name " + NOT_UNICODE))
+            errors.extend(_surrogate_errors(child, child_path))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            errors.extend(_surrogate_errors(child, f"{path}[{i}]"))
+    return errors
+
+
 # One decoder for every frame and body: json.loads with options builds a new
 # JSONDecoder per call (2 % of the core under position chatter, profiled).
 _STRICT_DECODER = json.JSONDecoder(
@@ -171,9 +223,14 @@ _STRICT_DECODER = json.JSONDecoder(
 
 
 def parse_json(data: bytes) -> Any:
-    """Parse strict JSON: UTF-8 only, no duplicate keys, no NaN, bounded depth.
+    """Parse strict JSON: what passes can be checked, stored and written back.
 
-    :raises ContractError: with code ``invalid_json``.
+    UTF-8 only, no duplicate keys, no NaN, nesting of at most :data:`MAX_DEPTH`,
+    integers within Python's conversion limit (4300 digits), and every string and
+    field name valid Unicode (no lone surrogate escape).
+
+    :raises ContractError: with code ``invalid_json``; a string that is not valid
+        Unicode is named by its path, every one of them.
     """
     try:
         text = data.decode("utf-8")
@@ -192,10 +249,20 @@ def parse_json(data: bytes) -> Any:
             codes.ERR_INVALID_JSON,
             [("$", f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")],
         ) from None
+    except ValueError:
+        # The only other ValueError: an integer past Python's conversion limit.
+        raise ContractError(
+            codes.ERR_INVALID_JSON,
+            [("$", f"an integer has more than {sys.get_int_max_str_digits()} digits")],
+        ) from None
     if _depth_exceeds(value, MAX_DEPTH):
         raise ContractError(
             codes.ERR_INVALID_JSON, [("$", f"nested deeper than {MAX_DEPTH} levels")]
         )
+    if _SURROGATE_ESCAPE.search(data):
+        errors = _surrogate_errors(value)
+        if errors:
+            raise ContractError(codes.ERR_INVALID_JSON, errors)
     return value
 
 

@@ -251,12 +251,16 @@ class Stream:
     ) -> Encoded:
         """Number, encode and keep a message; returns what to send.
 
+        The message is encoded before anything changes: one that cannot be
+        encoded raises and burns no number.
+
         :param targets: the users of a direct message; ``None`` for every admitted
             connection.
         """
-        self._seq += 1
+        seq = self._seq + 1
+        message = encode(type_, payload, sender=sender, seq=seq)
+        self._seq = seq
         at = self._now()
-        message = encode(type_, payload, sender=sender, seq=self._seq)
         # The window keeps the same bytes but not the object sent live, whose
         # transports cache their own framing of it: that would double the window.
         kept = Encoded(type=type_, data=message.data, sender=sender, seq=self._seq)

@@ -240,6 +240,9 @@ class OrgRoom:
             batch_positions=batch_positions,
         )
         missed = self._missed(since, session) if since is not None else None
+        # Encoded before the session exists: a snapshot that cannot be encoded
+        # must leave nothing behind.
+        snapshot = self._snapshot(exclude=user_id) if session.admitted else None
         connection.send(
             encode(
                 "connected",
@@ -261,18 +264,32 @@ class OrgRoom:
             self._held.forget(user_id)
             self._assigned.add(user_id)
         arrived = False
-        if session.admitted:
-            arrived = self._presence.arrive(user_id, role)
-            connection.send(self._snapshot(exclude=user_id))
-        for message in missed or ():
-            connection.send(message)
-        if session.admitted:
-            self._admit(session)
-            if arrived:
-                self._announce(user_id, encode("user_joined", self._describe(user_id)))
-        elif self._auto_knock and not user_sessions:
-            self._knock(session)
+        try:
+            if snapshot is not None:
+                arrived = self._presence.arrive(user_id, role)
+                connection.send(snapshot)
+            for message in missed or ():
+                connection.send(message)
+            if session.admitted:
+                self._admit(session)
+                if arrived:
+                    self._announce(
+                        user_id, encode("user_joined", self._describe(user_id))
+                    )
+            elif self._auto_knock and not user_sessions:
+                self._knock(session)
+        except BaseException:
+            self._undo_join(session, arrived)
+            raise
         return session
+
+    def _undo_join(self, session: Session, arrived: bool) -> None:
+        """Take back a join that failed half-way; nobody was told of it."""
+        if arrived:
+            # Not announced yet, so not announced as gone either: no grace.
+            self._presence.remove(session.user_id)
+            self._entries.pop(session.user_id, None)
+        self.leave(session)
 
     def _missed(self, since: str, session: Session) -> list[Encoded] | None:
         try:
@@ -400,23 +417,24 @@ class OrgRoom:
         """
         session.check_may_send()
         self._deliver_events()
-        if isinstance(message.payload, PositionUpdate):
-            self._presence.move(session.user_id, message.payload)
-            self._stale[session.user_id] = None
-        if self._catalog[message.type].ephemeral:
+        ephemeral = self._catalog[message.type].ephemeral
+        # Encoded (or numbered) first: a message that cannot be encoded leaves
+        # no position behind for every later snapshot to fail on.
+        if ephemeral:
             encoded = encode(
                 message.type, message.payload, sender=session.user_id, ephemeral=True
             )
-            recipients: Iterable[Session] = self._plain.values()
-            if self._batched and isinstance(message.payload, PositionUpdate):
-                self._batch(session.user_id, message.payload)
-            else:
-                recipients = self._audience.values()
         else:
             encoded = self.stream.record(
                 message.type, message.payload, sender=session.user_id
             )
-            recipients = self._audience.values()
+        recipients: Iterable[Session] = self._audience.values()
+        if isinstance(message.payload, PositionUpdate):
+            self._presence.move(session.user_id, message.payload)
+            self._stale[session.user_id] = None
+            if ephemeral and self._batched:
+                recipients = self._plain.values()
+                self._batch(session.user_id, message.payload)
         delivered = 0
         for target in recipients:
             if target is not session:
@@ -475,6 +493,15 @@ class OrgRoom:
         actions: Sequence[Action] = (
             spec.effect(self, notification) if spec.effect is not None else ()
         )
+        # Numbered and encoded before any action is applied: a notification that
+        # cannot be encoded changes no role.
+        encoded = self.stream.record(
+            notification.type,
+            notification.payload,
+            targets=None
+            if notification.routing == "broadcast"
+            else tuple(notification.targets),
+        )
         after: list[Callable[[], None]] = []
         for action in actions:
             if isinstance(action, SetRole):
@@ -491,13 +518,6 @@ class OrgRoom:
                     for session in self._by_user.get(action.user_id, {}).values()
                     if session.connection_id not in listed
                 )
-        encoded = self.stream.record(
-            notification.type,
-            notification.payload,
-            targets=None
-            if notification.routing == "broadcast"
-            else tuple(notification.targets),
-        )
         for session in targets:
             session.connection.send(encoded)
         for then in after:

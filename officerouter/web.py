@@ -391,9 +391,16 @@ class PresenceResource(_MethodsResource):
             return refused
         values = (request.args or {}).get(b"orgId") or [b""]
         try:
+            # Strict UTF-8 refuses encoded surrogates too: what passes is Unicode.
             org_id = values[0].decode("utf-8")
         except UnicodeDecodeError:
-            org_id = ""
+            return _error(
+                request,
+                400,
+                codes.ERR_BAD_REQUEST,
+                "the orgId query parameter is not valid UTF-8",
+                (("orgId", "not valid UTF-8"),),
+            )
         if not org_id.strip() or len(org_id) > MAX_ID_LENGTH:
             return _error(
                 request,

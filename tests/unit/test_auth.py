@@ -169,6 +169,65 @@ def test_malformed_tokens_are_refused(rsa_verifier, token):
     assert refused(rsa_verifier, token) == "malformed token"
 
 
+def _with_header(raw: bytes) -> str:
+    """A token whose JOSE header segment is ``raw`` (payload and signature filler)."""
+    return f"{_b64(raw)}.{_b64(b'{}')}.c2ln"
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b'{"alg":["RS256"]}', "algorithm not allowed"),
+        (b'{"alg":{}}', "algorithm not allowed"),
+        (b'{"alg":1}', "algorithm not allowed"),
+        (b"[" * 3000, "malformed token"),
+        (b'{"alg":"RS256","kid":5}', "malformed token"),
+        (b'{"alg":"RS256","kid":["k"]}', "malformed token"),
+        (b'{"alg":"RS256","kid":{}}', "malformed token"),
+        (b'{"alg":"RS256","kid":"\\ud800"}', "malformed token"),
+        (b'{"alg":"\\udfff"}', "malformed token"),
+        (b'{"alg":"RS256","n":' + b"1" * 5000 + b"}", "malformed token"),
+        (b'{"alg":"HS256","alg":"RS256"}', "malformed token"),
+    ],
+    ids=[
+        "alg-list",
+        "alg-object",
+        "alg-number",
+        "deep",
+        "kid-number",
+        "kid-list",
+        "kid-object",
+        "kid-surrogate",
+        "alg-surrogate",
+        "huge-int",
+        "duplicate-alg",
+    ],
+)
+def test_malformed_headers_are_refused_with_a_reason(rsa_verifier, header, reason):
+    """A JOSE header of the wrong shape is refused with a reason, never an exception."""
+    assert refused(rsa_verifier, _with_header(header)) == reason
+
+
+def test_token_that_is_not_ascii_is_malformed(rsa_verifier, sign):
+    """Outside the header too, a character no JWS holds makes the token malformed."""
+    header, payload, signature = sign(claims()).split(".")
+    for token in (
+        f"{header}.\ud800{payload}.{signature}",
+        f"{header}.{payload}.{signature}\udc00",
+        f"{header}.{payload}é.{signature}",
+    ):
+        assert refused(rsa_verifier, token) == "malformed token"
+
+
+def test_signed_claims_nested_past_the_recursion_limit_are_malformed(
+    rsa_verifier, rsa_keys
+):
+    """Claims too deep for Python's JSON reader are malformed, whichever PyJWT reads them."""
+    deep = b'{"sub":' + b"[" * 1100 + b"]" * 1100 + b"}"
+    token = jwt.PyJWS().encode(deep, rsa_keys[0], algorithm="RS256")
+    assert refused(rsa_verifier, token) == "malformed token"
+
+
 # ---------------------------------------------------------------- time claims
 
 
@@ -269,6 +328,16 @@ def test_non_finite_time_claims_are_refused(rsa_verifier, sign, value):
         # json.dumps writes Infinity, which PyJWT's reader accepts.
         token = sign(claims(**{claim: value}))
         assert refused(rsa_verifier, token) == f"claim {claim} invalid"
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("sub", "\ud800"), ("sub", "user-\udfff"), ("orgId", "\udbff\udbff")],
+)
+def test_claim_that_is_not_valid_unicode_is_refused(rsa_verifier, sign, claim, value):
+    """A sub or orgId holding a lone surrogate is refused: it could never be written back."""
+    reason = refused(rsa_verifier, sign(claims(**{claim: value})))
+    assert reason == f"claim {claim} invalid"
 
 
 def test_nan_issued_at_is_refused(rsa_verifier, sign):

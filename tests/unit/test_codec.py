@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from officerouter import codes
-from officerouter.catalog import BUILTIN
+from officerouter.catalog import BOTH, BUILTIN, MessageSpec
 from officerouter.codec import (
     MAX_DEPTH,
     ContractError,
@@ -753,3 +754,116 @@ def test_position_round_trip(x, y, room):
     message = client({"type": "position_update", "payload": payload})
     out = json.loads(encode(message.type, message.payload, sender="u").data)
     assert out["payload"] == payload
+
+
+# ---------------------------------------------------------------- not valid Unicode
+
+SURROGATE = "not valid Unicode (lone surrogate)"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        (
+            rb'{"type":"position_update","payload":{"x":1,"y":1,"roomId":"\ud800"}}',
+            "$.payload.roomId",
+        ),
+        (
+            rb'{"type":"position_update","payload":{"x":1,"y":1,"roomId":"a\uDFFFb"}}',
+            "$.payload.roomId",
+        ),
+        (rb'{"type":"\ud800","payload":{}}', "$.type"),
+        (
+            rb'{"type":"position_update","payload":{"x":["\udc00\ud800"]}}',
+            "$.payload.x[0]",
+        ),
+        (rb'"\ud800x"', "$"),
+    ],
+    ids=["high", "low-uppercase", "type", "reversed-pair-in-array", "top-level"],
+)
+def test_lone_surrogate_in_a_client_frame_is_refused_at_its_path(data, path):
+    """A string holding an unpaired surrogate escape is invalid_json naming its path."""
+    error = contract_error(client, data)
+    assert error.code == codes.ERR_INVALID_JSON
+    assert error.errors == ((path, SURROGATE),)
+
+
+def test_lone_surrogate_in_a_notification_is_refused_at_every_path():
+    """Every string and field name of a notification that is not valid Unicode is listed."""
+    body = (
+        rb'{"orgId":"org-a","routing":"direct","type":"room_updated",'
+        rb'"targets":["u1","\udbff"],'
+        rb'"payload":{"roomId":"r","name":"\ud800","\udc01x":1}}'
+    )
+    error = contract_error(notify, body)
+    assert error.code == codes.ERR_INVALID_JSON
+    assert error.errors == (
+        ("$.targets[1]", SURROGATE),
+        ("$.payload.name", SURROGATE),
+        ("$.payload.\\udc01x", "field name " + SURROGATE),
+    )
+    # The error itself can be written back: orjson refuses surrogates.
+    encode("error", {"message": error.message})
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_accepted():
+    """A proper surrogate pair is one character, and an escaped backslash is not an escape."""
+    # json.dumps writes the backslash escaped and the emoji as a surrogate pair.
+    message = notify(
+        notify_body("room_updated", {"roomId": "\\ud800", "name": "\U0001f600"})
+    )
+    assert message.payload == RoomUpdated(roomId="\\ud800", name="\U0001f600")
+    raw = rb'{"type":"position_update","payload":{"x":1,"y":1,"roomId":"\ud83d\ude00"}}'
+    assert client(raw).payload.roomId == "\U0001f600"
+
+
+@pytest.mark.parametrize("where", ["client", "notify"])
+def test_integer_literal_past_the_conversion_limit_is_invalid_json(where):
+    """An integer of more than 4300 digits is invalid_json, not an escaping ValueError."""
+    digits = b"1" * 5000
+    if where == "client":
+        error = contract_error(
+            client, b'{"type":"position_update","payload":{"x":' + digits + b',"y":0}}'
+        )
+    else:
+        error = contract_error(
+            notify,
+            b'{"orgId":"org-a","routing":"broadcast","type":"room_updated",'
+            b'"payload":{"roomId":' + digits + b',"name":"n"}}',
+        )
+    assert error.code == codes.ERR_INVALID_JSON
+    assert [path for path, _ in error.errors] == ["$"]
+    assert "digits" in error.message
+
+
+@attrs.frozen(kw_only=True)
+class Counter:
+    """A plug-in's payload with an integer field."""
+
+    n: int
+
+
+COUNTER_CATALOG = {**BUILTIN, "counter": MessageSpec(payload=Counter, routings=BOTH)}
+
+
+def counter_body(n: int) -> bytes:
+    """A broadcast ``counter`` notification carrying ``n``."""
+    return json.dumps(
+        {"orgId": "o", "routing": "broadcast", "type": "counter", "payload": {"n": n}}
+    ).encode()
+
+
+@pytest.mark.parametrize("n", [2**63, -(2**63) - 1, 10**100])
+def test_integer_fields_refuse_what_cannot_be_written_back(n):
+    """An integer field refuses a value beyond 64 bits, which the encoder cannot write."""
+    with pytest.raises(ContractError) as info:
+        decode_notify(counter_body(n), COUNTER_CATALOG)
+    assert info.value.code == codes.ERR_INVALID_MESSAGE
+    assert info.value.errors == (("$.payload.n", "expected a 64-bit integer"),)
+
+
+@pytest.mark.parametrize("n", [2**63 - 1, -(2**63), 0])
+def test_integer_fields_take_64_bit_integers(n):
+    """Every 64-bit integer is accepted and encoded back unchanged."""
+    message = decode_notify(counter_body(n), COUNTER_CATALOG)
+    assert json.loads(encode(message.type, message.payload).data)["payload"] == {"n": n}

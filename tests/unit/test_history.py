@@ -185,6 +185,29 @@ def test_custom_client_types_are_numbered_unless_ephemeral(clock):
     }
 
 
+class AppendRecorder(MemoryStore):
+    """A store that remembers the numbers it was asked to keep."""
+
+    def __init__(self) -> None:
+        self.appended: list[int] = []
+
+    def append(self, org_id: str, epoch: str, entry: Any) -> None:
+        self.appended.append(entry.seq)
+
+
+def test_a_message_that_cannot_be_encoded_burns_no_number(clock):
+    """When encoding fails nothing is numbered, kept or stored: the next message takes the next number."""
+    store = AppendRecorder()
+    stream = Stream("org-a", "e1", HistoryBounds(), store, clock.seconds)
+    stream.record("room_updated", RoomUpdated(roomId="r1", name="a"))
+    clock.advance(10)
+    with pytest.raises(TypeError):  # orjson refuses the lone surrogate
+        stream.record("room_updated", RoomUpdated(roomId="r2", name="\ud800"))
+    assert (stream.seq, len(stream), store.appended, stream.active_at) == (1, 1, [1], 0)
+    assert stream.record("room_updated", RoomUpdated(roomId="r3", name="c")).seq == 2
+    assert store.appended == [1, 2]
+
+
 # ---------------------------------------------------------------- epochs and rooms
 
 

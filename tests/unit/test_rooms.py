@@ -9,8 +9,10 @@ import pytest
 
 from twisted.internet.task import Clock
 
-from officerouter import codes
+from officerouter import codes, rooms
+from officerouter.catalog import BOTH, BUILTIN, MessageSpec
 from officerouter.codec import ContractError
+from officerouter.effects import SetRole
 from officerouter.messages import (
     ClientMessage,
     GuestKnock,
@@ -547,3 +549,130 @@ def test_error_frame_shape():
         "type": "error",
         "payload": {"code": "not_permitted", "message": "$.type: no"},
     }
+
+
+# ---------------------------------------------------------------- failures change nothing
+
+#: Valid to the payload classes, but no UTF-8 writer can encode it.
+UNENCODABLE = "\ud800"
+
+
+def test_position_that_cannot_be_encoded_changes_no_presence(registry):
+    """A position that fails to encode is not stored: newcomers still join, presence still answers."""
+    _, session = join(registry, "alice")
+    bad = ClientMessage(
+        type="position_update",
+        payload=PositionUpdate(x=1, y=1, roomId=UNENCODABLE),
+    )
+    with pytest.raises(TypeError):  # orjson refuses the lone surrogate
+        registry.receive(session, bad)
+    bob, _ = join(registry, "bob")
+    assert [f["type"] for f in bob.frames] == ["connected", "presence"]
+    assert bob.frames[1]["payload"]["users"][0]["position"] is None
+    assert [user.position for user in registry.presence("org-a")] == [None, None]
+    registry.receive(session, position(3, 4))
+    assert bob.routed()[-1]["payload"] == {"x": 3, "y": 4}
+
+
+def _poison(registry: OrgRegistry, user: str) -> None:
+    """Give an online user a position that cannot be encoded, as a bug might."""
+    room = registry.room("org-a")
+    assert room is not None
+    room._presence.move(user, PositionUpdate(x=1, y=1, roomId=UNENCODABLE))
+    room._stale[user] = None
+
+
+def test_join_whose_snapshot_cannot_be_encoded_leaves_no_session(registry):
+    """A join failing on the presence snapshot leaves no ghost session and right counts."""
+    _, alice = join(registry, "alice")
+    _poison(registry, "alice")
+    for _ in range(3):
+        connection = FakeConnection()
+        with pytest.raises(TypeError):
+            registry.connect(identity("bob"), connection)
+        assert connection.events == []
+    assert registry.connection_count == 1
+    assert registry.org_connection_count("org-a") == 1
+    assert registry.user_connection_count("org-a", "bob") == 0
+    assert [user.userId for user in registry.presence("org-a")] == ["alice"]
+    registry.disconnect(alice)
+    assert (registry.room_count, registry.history_room_count) == (0, 1)
+
+
+def test_join_failing_after_registration_is_undone(registry, clock, monkeypatch):
+    """Whatever fails once the session is registered, the join is taken back, unannounced."""
+    alice, _ = join(registry, "alice")
+    clock.advance(0)
+    real_encode = rooms.encode
+
+    def encode(type_: str, payload: Any, **kw: Any) -> Any:
+        if type_ == "user_joined":
+            raise RuntimeError("boom")
+        return real_encode(type_, payload, **kw)
+
+    monkeypatch.setattr(rooms, "encode", encode)
+    with pytest.raises(RuntimeError):
+        registry.connect(identity("bob"), FakeConnection())
+    clock.advance(60)
+    assert registry.connection_count == 1
+    assert registry.user_connection_count("org-a", "bob") == 0
+    assert [user.userId for user in registry.presence("org-a")] == ["alice"]
+    assert [f["type"] for f in alice.frames] == ["connected", "presence"]
+    monkeypatch.undo()
+    join(registry, "bob")
+    clock.advance(0)
+    joined = [
+        f["payload"]["userId"] for f in alice.frames if f["type"] == "user_joined"
+    ]
+    assert joined == ["bob"]
+
+
+def test_reconnection_failing_after_registration_keeps_the_grace_period(
+    registry, clock, monkeypatch
+):
+    """A failed reconnection within the grace period leaves the user in grace, as before it."""
+    alice, _ = join(registry, "alice")
+    _, bob = join(registry, "bob")
+    registry.disconnect(bob)
+    clock.advance(1)
+    monkeypatch.setattr(rooms.OrgRoom, "_admit", _raise)
+    with pytest.raises(RuntimeError):
+        registry.connect(identity("bob"), FakeConnection())
+    monkeypatch.undo()
+    assert registry.user_connection_count("org-a", "bob") == 0
+    assert [u.userId for u in registry.presence("org-a")] == ["alice", "bob"]
+    clock.advance(60)
+    assert [u.userId for u in registry.presence("org-a")] == ["alice"]
+    left = [f["payload"]["userId"] for f in alice.frames if f["type"] == "user_left"]
+    assert left == ["bob"]
+
+
+def _raise(*args: Any) -> None:
+    raise RuntimeError("boom")
+
+
+def test_notification_that_cannot_be_encoded_applies_no_effect(clock):
+    """A notification failing to encode changes no role and burns no number."""
+    catalog = {
+        **BUILTIN,
+        "promote": MessageSpec(
+            payload=RoomUpdated,
+            routings=BOTH,
+            effect=lambda room, message: [SetRole("bob", "admin")],
+        ),
+    }
+    registry = make_registry(clock, catalog=catalog)
+    alice, _ = join(registry, "alice")
+    join(registry, "bob")
+    clock.advance(0)
+    bad = broadcast(type_="promote", payload=RoomUpdated(roomId="r", name=UNENCODABLE))
+    with pytest.raises(TypeError):
+        registry.notify(bad)
+    clock.advance(0)
+    room = registry.room("org-a")
+    assert room is not None
+    assert (room.role_of("bob"), room.stream.seq) == ("member", 0)
+    assert [f["type"] for f in alice.frames] == ["connected", "presence", "user_joined"]
+    registry.notify(broadcast(type_="promote"))
+    assert room.role_of("bob") == "admin"
+    assert alice.frames[3]["seq"] == 1
