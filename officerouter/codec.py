@@ -490,6 +490,25 @@ def encode(
     )
 
 
+_SEQ_MARK: Final = b',"seq":0,"payload":'
+
+
+def encode_numbered(
+    type_: str, payload: Any, *, sender: str | None = None
+) -> tuple[bytes, bytes]:
+    """Encode a frame that is yet to be numbered, split where its ``seq`` goes.
+
+    The frame is ``head + str(seq) + tail`` (keys in the order ``type``,
+    ``from``, ``seq``, ``payload``).  The mark found is the frame's own: inside a
+    JSON string a quote is escaped, so the mark cannot occur there.
+
+    :raises ContractError: ``invalid_message`` for a payload JSON cannot carry.
+    """
+    data = encode(type_, payload, sender=sender, seq=0).data
+    at = data.index(_SEQ_MARK) + len(b',"seq":')
+    return data[:at], data[at + 1 :]
+
+
 def encode_fragment(value: Any) -> bytes:
     """Encode one value (an attrs instance) as JSON, to be joined into a list later."""
     return memoryview(orjson.dumps(converter.unstructure(value))).tobytes()

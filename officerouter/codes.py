@@ -11,6 +11,7 @@ CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_BANNED: Final = 4003
 
@@ -30,6 +31,7 @@ ERR_METHOD_NOT_ALLOWED: Final = "method_not_allowed"
 ERR_INTERNAL: Final = "internal_error"
 ERR_REQUEST_TIMEOUT: Final = "request_timeout"
 ERR_NOT_FOUND: Final = "not_found"
+ERR_UNAVAILABLE: Final = "unavailable"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"
@@ -42,4 +44,7 @@ REASON_ORIGIN: Final = "origin not allowed"
 REASON_SERVER_FULL: Final = "server at connection capacity"
 REASON_ORG_FULL: Final = "too many connections for this org"
 REASON_USER_FULL: Final = "too many connections for this user"
+REASON_RESYNC: Final = "stream restarted; reconnect and recover"
+REASON_BACKPLANE_DOWN: Final = "backplane unavailable; reconnect"
+REASON_UNAVAILABLE: Final = "service unavailable; retry"
 REASON_POSITIONS_PARAM: Final = "positions must be batched, or absent"

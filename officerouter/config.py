@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
@@ -34,6 +35,52 @@ class ConfigError(Exception):
 
 
 @attrs.frozen(kw_only=True)
+class RedisTarget:
+    """Where the Redis server shared by every process is (``--redis``/``REDIS_URL``)."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    tls: bool = False
+
+    def describe(self) -> str:
+        """The URL without its credentials, safe for logs."""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(value: str, variable: str = "REDIS_URL") -> RedisTarget:
+    """Parse ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS).
+
+    :raises ConfigError: naming ``variable``; the message never repeats the URL,
+        which may hold a password.
+    """
+    fix = "use redis://[[user]:password@]host[:port][/db] or rediss:// for TLS"
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(variable, f"not a Redis URL; {fix}") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(variable, f"not a Redis URL; {fix}")
+    if parts.query or parts.fragment:
+        raise ConfigError(variable, f"query and fragment are not supported; {fix}")
+    path = parts.path.strip("/")
+    if path and not (path.isdigit() and path.isascii() and int(path) <= 1_000_000):
+        raise ConfigError(variable, f"the database must be a number; {fix}")
+    return RedisTarget(
+        host=parts.hostname,
+        port=port,
+        db=int(path or 0),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
+    )
+
+
+@attrs.frozen(kw_only=True)
 class Settings:
     """Everything the daemon needs from its environment, validated."""
 
@@ -44,6 +91,8 @@ class Settings:
     audience: str | None = None
     issuer: str | None = None
     leeway_seconds: int = 30
+    #: The shared Redis of a cluster; ``None``: one process, nothing shared.
+    redis: RedisTarget | None = attrs.field(default=None, repr=False)
 
 
 def unescape_pem(value: str) -> str:
@@ -173,7 +222,10 @@ def load_settings(environ: Mapping[str, str], env_file: Path | None) -> Settings
         raise ConfigError(
             "CONN_JWT_LEEWAY_SECONDS", "must be a whole number of seconds, 0 to 300"
         ) from None
+    redis_url = values.get("REDIS_URL")
+    redis = parse_redis_url(redis_url, "--redis / REDIS_URL") if redis_url else None
     return Settings(
+        redis=redis,
         verify_keys=verify_keys,
         service_client_id=client_id,
         service_client_secret=client_secret,

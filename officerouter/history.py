@@ -22,7 +22,8 @@ import attrs
 
 from twisted.internet import defer
 
-from officerouter.codec import Encoded, encode
+from officerouter.backplane import Numbered, Outgoing
+from officerouter.codec import Encoded, encode_numbered
 
 MAX_EPOCH_LENGTH: Final = 64
 
@@ -257,19 +258,64 @@ class Stream:
         :param targets: the users of a direct message; ``None`` for every admitted
             connection.
         """
-        seq = self._seq + 1
-        message = encode(type_, payload, sender=sender, seq=seq)
-        self._seq = seq
-        at = self._now()
+        head, tail = encode_numbered(type_, payload, sender=sender)
+        numbered = self.number(Outgoing(type_, head, tail, targets, sender))
+        self.keep(numbered)
+        return Encoded(type=type_, data=numbered.data, sender=sender, seq=numbered.seq)
+
+    def number(self, message: Outgoing) -> Numbered:
+        """Give a message the next number (one process numbers its own streams).
+
+        Nothing can fail after the number is taken: the frame was encoded before.
+        """
+        self._seq += 1
+        return Numbered(
+            epoch=self.epoch,
+            seq=self._seq,
+            at=self._now(),
+            type=message.type,
+            data=message.frame(self._seq),
+            targets=message.targets,
+            sender=message.sender,
+            actions=message.actions,
+            exclude=message.exclude,
+        )
+
+    def keep(self, message: Numbered) -> None:
+        """Keep a numbered message in the window (and the store), as it is sent."""
+        self._seq = max(self._seq, message.seq)
         # The window keeps the same bytes but not the object sent live, whose
         # transports cache their own framing of it: that would double the window.
-        kept = Encoded(type=type_, data=message.data, sender=sender, seq=self._seq)
-        entry = Entry(self._seq, at, kept, targets)
+        kept = Encoded(
+            type=message.type, data=message.data, sender=message.sender, seq=message.seq
+        )
+        entry = Entry(message.seq, message.at, kept, message.targets)
         self._entries.append(entry)
-        self.active_at = at
-        self.trim(at)
+        self.active_at = max(self.active_at, message.at)
+        self.trim(self._now())
         self._store.append(self.org_id, self.epoch, entry)
-        return message
+
+    def restart(self, epoch: str, seq: int, records: Iterable[Numbered] = ()) -> None:
+        """Continue as the shared stream is: another epoch, or past a lost gap."""
+        self.epoch = epoch
+        self._seq = seq
+        self._entries.clear()
+        for message in records:
+            if message.seq <= seq:
+                self._entries.append(
+                    Entry(
+                        message.seq,
+                        message.at,
+                        Encoded(
+                            type=message.type,
+                            data=message.data,
+                            sender=message.sender,
+                            seq=message.seq,
+                        ),
+                        message.targets,
+                    )
+                )
+        self.trim(self._now())
 
     def trim(self, now: float) -> None:
         """Drop what is older than the age bound (the count bound is the deque's)."""

@@ -16,8 +16,9 @@ import attrs
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from officerouter.backplane import RemoteEntry
 from officerouter.codec import encode_fragment
-from officerouter.messages import PositionUpdate, PresenceUser
+from officerouter.messages import ADMITTED_ROLES, PositionUpdate, PresenceUser
 
 
 @attrs.define(eq=False)
@@ -45,6 +46,83 @@ class PresentUser:
         changed (``OrgRoom._snapshot``).
         """
         return encode_fragment(self.describe(connections))
+
+
+class RemotePresence:
+    """Who is online in an org on the cluster's other processes.
+
+    Each process owns its entries (:class:`~officerouter.backplane.RemoteEntry`:
+    connections, role, position) and tells the others of every change; this
+    keeps them per user and node.  A user is online elsewhere while some node
+    lists them with an admitted role (an entry with no connection is a user
+    within that node's grace period).
+    """
+
+    def __init__(self) -> None:
+        # user -> node -> entry; per user, the node updated last is last.
+        self._users: dict[str, dict[str, RemoteEntry]] = {}
+
+    def set(self, node: str, user_id: str, entry: RemoteEntry | None) -> None:
+        """Another process's entry for a user (``None``: removed)."""
+        nodes = self._users.get(user_id)
+        if entry is None:
+            if nodes is not None:
+                nodes.pop(node, None)
+                if not nodes:
+                    del self._users[user_id]
+            return
+        if nodes is None:
+            nodes = self._users[user_id] = {}
+        nodes.pop(node, None)
+        nodes[node] = entry
+
+    def move(self, node: str, user_id: str, position: PositionUpdate) -> bool:
+        """Another process's user moved; returns whether the user is known."""
+        nodes = self._users.get(user_id)
+        entry = nodes.get(node) if nodes is not None else None
+        if nodes is None or entry is None:
+            return False
+        del nodes[node]
+        nodes[node] = attrs.evolve(entry, position=position)
+        return True
+
+    def users_of(self, node: str) -> list[str]:
+        """The users a node has an entry for."""
+        return [user for user, nodes in self._users.items() if node in nodes]
+
+    def online(self, user_id: str) -> bool:
+        """Whether some other process lists the user with an admitted role."""
+        nodes = self._users.get(user_id)
+        if not nodes:
+            return False
+        return any(entry.role in ADMITTED_ROLES for entry in nodes.values())
+
+    def role(self, user_id: str) -> str | None:
+        """The user's role as the other processes see it (the latest update)."""
+        nodes = self._users.get(user_id)
+        if not nodes:
+            return None
+        admitted = [e.role for e in nodes.values() if e.role in ADMITTED_ROLES]
+        return admitted[-1] if admitted else next(reversed(nodes.values())).role
+
+    def connections(self, user_id: str) -> int:
+        """The user's connections on the other processes."""
+        return sum(e.connections for e in self._users.get(user_id, {}).values())
+
+    def position(self, user_id: str) -> PositionUpdate | None:
+        """The user's last known position on the other processes."""
+        for entry in reversed(self._users.get(user_id, {}).values()):
+            if entry.position is not None:
+                return entry.position
+        return None
+
+    def __iter__(self) -> Iterator[str]:
+        """The users online elsewhere, in the order they became known."""
+        return iter([user for user in self._users if self.online(user)])
+
+    def clear(self) -> None:
+        """Forget everything (the room is dropped)."""
+        self._users.clear()
 
 
 class PresenceTracker:

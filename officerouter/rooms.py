@@ -12,28 +12,41 @@ that expires and is then dropped (one timer per idle room, no sweep).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 import attrs
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from officerouter import codes
 from officerouter.auth import Identity
+from officerouter.backplane import (
+    Backplane,
+    LocalBackplane,
+    Numbered,
+    Outgoing,
+    Published,
+    RemoteEntry,
+    StreamState,
+)
 from officerouter.catalog import MessageSpec
-from officerouter.codec import Burst, ContractError, Encoded, encode, encode_list
-from officerouter.effects import Action, CloseUser, SetRole
+from officerouter.codec import (
+    Burst,
+    ContractError,
+    Encoded,
+    encode,
+    encode_fragment,
+    encode_list,
+    encode_numbered,
+)
+from officerouter.effects import CloseUser, RoomView, SetRole
 from officerouter.history import (
-    DEFAULT_BOUNDS,
-    HistoryBounds,
-    HistoryStore,
-    MemoryStore,
     Stream,
     StreamPosition,
-    new_epoch,
 )
 from officerouter.messages import (
     ADMITTED_ROLES,
@@ -50,7 +63,9 @@ from officerouter.messages import (
     UserPosition,
     UserRoleChanged,
 )
-from officerouter.presence import HeldRoles, PresenceTracker
+from officerouter.presence import HeldRoles, PresenceTracker, RemotePresence
+
+log = Logger()
 
 
 class Connection(TypingProtocol):
@@ -107,6 +122,28 @@ class Session:
             )
 
 
+def prepare(
+    catalog: Mapping[str, MessageSpec], room: RoomView, notification: Notification
+) -> Outgoing:
+    """Run a notification's effect against a room's view and encode it, split
+    where its ``seq`` goes.  Nothing changes anywhere until it is delivered.
+
+    :raises ContractError: when the payload cannot be encoded.
+    """
+    spec = catalog[notification.type]
+    actions = tuple(spec.effect(room, notification)) if spec.effect is not None else ()
+    head, tail = encode_numbered(notification.type, notification.payload)
+    return Outgoing(
+        notification.type,
+        head,
+        tail,
+        targets=None
+        if notification.routing == "broadcast"
+        else tuple(notification.targets),
+        actions=actions,
+    )
+
+
 def error_frame(error: ContractError) -> Encoded:
     """Encode the ``error`` frame that answers a client's bad input."""
     return encode("error", ErrorPayload(code=error.code, message=error.message))
@@ -126,6 +163,8 @@ class OrgRoom:
         guest connects.
     :param role_memory: seconds a role set by the backend outlives its user's
         connections (see :class:`~officerouter.presence.HeldRoles`).
+    :param backplane: numbers the room's messages and shares its presence with
+        other processes (default: one process, nothing shared).
     """
 
     def __init__(
@@ -140,8 +179,17 @@ class OrgRoom:
         auto_knock: bool = False,
         position_tick: float = 0.05,
         role_memory: float = 0.0,
+        backplane: Backplane | None = None,
     ) -> None:
         self.org_id = org_id
+        self._backplane: Backplane = backplane or LocalBackplane("local")
+        # With several processes, this room's presence entries and position
+        # updates are told to the others (and theirs received).
+        self._shared = self._backplane.shared
+        self._remote = RemotePresence()
+        self._moves: dict[str, PositionUpdate] = {}
+        self._changed_users: dict[str, None] = {}
+        self._changed_call: IDelayedCall | None = None
         self._catalog = catalog
         self._bans = bans
         self._clock = clock
@@ -229,6 +277,7 @@ class OrgRoom:
             self.role_of(user_id)
             or held
             or (present.role if present is not None else None)
+            or self._remote.role(user_id)
             or identity.role
         )
         session = Session(
@@ -272,7 +321,7 @@ class OrgRoom:
                 connection.send(message)
             if session.admitted:
                 self._admit(session)
-                if arrived:
+                if arrived and not self._remote.online(user_id):
                     self._announce(
                         user_id, encode("user_joined", self._describe(user_id))
                     )
@@ -281,6 +330,7 @@ class OrgRoom:
         except BaseException:
             self._undo_join(session, arrived)
             raise
+        self._changed(user_id)
         return session
 
     def _undo_join(self, session: Session, arrived: bool) -> None:
@@ -316,32 +366,83 @@ class OrgRoom:
                 self._held.hold(session.user_id, session.role)
             if self._presence.depart(session.user_id):
                 self._announce_left(session.user_id)
+        self._changed(session.user_id)
         return True
 
     def _knock(self, guest: Session) -> None:
-        self._deliver_events()
         receivers = tuple(
-            user.user_id for user in self._presence if user.role in KNOCK_RECEIVER_ROLES
+            user_id
+            for user_id in self._online_users()
+            if self._role(user_id) in KNOCK_RECEIVER_ROLES
         )
         if not receivers:
             return
-        message = self.stream.record(
-            "guest_knock", GuestKnock(guestId=guest.user_id), targets=receivers
+        head, tail = encode_numbered("guest_knock", GuestKnock(guestId=guest.user_id))
+        self._publish(Outgoing("guest_knock", head, tail, targets=receivers))
+
+    def _publish(self, message: Outgoing) -> None:
+        """Number and route a message of the room's own (a knock, a relayed
+        client message) through the backplane; delivery is :meth:`deliver`."""
+        self._backplane.publish(self.org_id, message).addErrback(
+            self._not_published, message.type
         )
-        for user_id in receivers:
-            for session in self._by_user.get(user_id, {}).values():
-                session.connection.send(message)
+
+    def _not_published(self, failure: Any, type_: str) -> None:
+        log.warn(
+            "org {org_id}: {type} not published: {error}",
+            org_id=self.org_id,
+            type=type_,
+            error=failure.getErrorMessage(),
+        )
 
     # ------------------------------------------------------------ presence
 
     def presence(self) -> list[PresenceUser]:
-        """Everyone online: admitted users, connected or within their grace period."""
-        return [self._describe(user.user_id) for user in self._presence]
+        """Everyone online: admitted users, connected or within their grace
+        period, on this process or (with a shared backplane) any other."""
+        return [self._describe(user_id) for user_id in self._online_users()]
+
+    def _online_users(self) -> list[str]:
+        local = [user.user_id for user in self._presence]
+        if not self._shared:
+            return local
+        known = set(local)
+        return local + [user for user in self._remote if user not in known]
+
+    def _online(self, user_id: str) -> bool:
+        return self._presence.get(user_id) is not None or self._remote.online(user_id)
+
+    def _role(self, user_id: str) -> str | None:
+        """The user's role in presence: this process's view first."""
+        user = self._presence.get(user_id)
+        return user.role if user is not None else self._remote.role(user_id)
 
     def _describe(self, user_id: str) -> PresenceUser:
         user = self._presence.get(user_id)
-        assert user is not None
-        return user.describe(self.connection_count_of(user_id))
+        connections = self.connection_count_of(user_id)
+        if not self._shared:
+            assert user is not None
+            return user.describe(connections)
+        connections += self._remote.connections(user_id)
+        if user is not None:
+            described = user.describe(connections)
+            if described.position is None:
+                described = attrs.evolve(
+                    described, position=self._remote.position(user_id)
+                )
+            return described
+        role = self._remote.role(user_id)
+        assert role is not None
+        return PresenceUser(
+            userId=user_id,
+            role=role,
+            connections=connections,
+            position=self._remote.position(user_id),
+        )
+
+    def cluster_connection_count_of(self, user_id: str) -> int:
+        """A user's connections here and, with a shared backplane, elsewhere."""
+        return self.connection_count_of(user_id) + self._remote.connections(user_id)
 
     def _snapshot(self, exclude: str) -> Encoded:
         """Everyone online but ``exclude``, from each user's cached entry.
@@ -352,10 +453,13 @@ class OrgRoom:
         """
         entries = self._entries
         for user_id in self._stale:
-            user = self._presence.get(user_id)
-            if user is None:
+            if not self._online(user_id):
                 entries.pop(user_id, None)
+            elif self._shared:
+                entries[user_id] = encode_fragment(self._describe(user_id))
             else:
+                user = self._presence.get(user_id)
+                assert user is not None
                 entries[user_id] = user.describe_json(self.connection_count_of(user_id))
         self._stale.clear()
         if exclude in entries:
@@ -403,6 +507,12 @@ class OrgRoom:
                     session.connection.send(message)
 
     def _announce_left(self, user_id: str) -> None:
+        """The user is gone from this process's presence (grace over, demoted,
+        banned): the others hear of it unless another process still has them."""
+        self._changed(user_id)
+        if self._remote.online(user_id):
+            self._stale[user_id] = None
+            return
         # Gone now: a return later is a new entry at the end, as in the tracker.
         self._entries.pop(user_id, None)
         self._announce(user_id, encode("user_left", UserLeft(userId=user_id)))
@@ -417,24 +527,42 @@ class OrgRoom:
         """
         session.check_may_send()
         self._deliver_events()
-        ephemeral = self._catalog[message.type].ephemeral
-        # Encoded (or numbered) first: a message that cannot be encoded leaves
-        # no position behind for every later snapshot to fail on.
-        if ephemeral:
-            encoded = encode(
-                message.type, message.payload, sender=session.user_id, ephemeral=True
-            )
-        else:
-            encoded = self.stream.record(
+        if not self._catalog[message.type].ephemeral:
+            head, tail = encode_numbered(
                 message.type, message.payload, sender=session.user_id
             )
-        recipients: Iterable[Session] = self._audience.values()
+            answers: list[int] = []
+            self._backplane.publish(
+                self.org_id,
+                Outgoing(
+                    message.type,
+                    head,
+                    tail,
+                    sender=session.user_id,
+                    exclude=session.connection_id,
+                ),
+            ).addCallbacks(
+                lambda published: answers.append(published.delivered),
+                self._not_published,
+                errbackArgs=(message.type,),
+            )
+            # One process delivers at once; a shared backplane later, in order.
+            return answers[0] if answers else 0
+        encoded = encode(
+            message.type, message.payload, sender=session.user_id, ephemeral=True
+        )
+        recipients: Iterable[Session] = self._plain.values()
         if isinstance(message.payload, PositionUpdate):
             self._presence.move(session.user_id, message.payload)
             self._stale[session.user_id] = None
-            if ephemeral and self._batched:
-                recipients = self._plain.values()
+            if self._shared:
+                self._share_move(session.user_id, message.payload)
+            if self._batched:
                 self._batch(session.user_id, message.payload)
+            else:
+                recipients = self._audience.values()
+        else:
+            recipients = self._audience.values()
         delivered = 0
         for target in recipients:
             if target is not session:
@@ -468,10 +596,26 @@ class OrgRoom:
         if self._tick_call is None:
             self._tick_call = self._clock.callLater(self._position_tick, self._tick)
 
+    def _share_move(self, user_id: str, position: PositionUpdate) -> None:
+        # Other processes get this process's moves once per tick, latest per user.
+        self._moves.pop(user_id, None)
+        self._moves[user_id] = position
+        if self._tick_call is None:
+            self._tick_call = self._clock.callLater(self._position_tick, self._tick)
+
     def _tick(self) -> None:
-        """Send the tick's positions to every batched connection, encoded once."""
+        """Send the tick's positions to every batched connection, encoded once,
+        and (with a shared backplane) this process's moves to the others."""
         self._tick_call = None
         self._deliver_events()
+        if self._moves:
+            moves, self._moves = list(self._moves.items()), {}
+            entries = []
+            for user_id, _ in moves:
+                entry = self._entry(user_id)
+                if entry is not None:
+                    entries.append((user_id, entry))
+            self._backplane.positions(self.org_id, moves, entries)
         positions = list(self._tick_positions.values())
         self._tick_positions.clear()
         if not positions or not self._batched:
@@ -480,35 +624,49 @@ class OrgRoom:
         for target in self._batched.values():
             target.connection.send(encoded)
 
+    def prepare(self, notification: Notification) -> Outgoing:
+        """Run the type's effect and encode a notification, ready to be numbered.
+
+        Nothing in the room changes here: what the effect decided is carried
+        out by :meth:`deliver`, on every process, once the message is numbered.
+        """
+        return prepare(self._catalog, self, notification)
+
+    def publish(self, notification: Notification) -> defer.Deferred[Published]:
+        """Number, keep and route a backend notification through the backplane.
+
+        With one process it is delivered before this returns; with several, as
+        every process delivers the org's messages: in ``seq`` order.
+        """
+        return self._backplane.publish(self.org_id, self.prepare(notification))
+
     def notify(self, notification: Notification) -> int:
-        """Run the type's effect, then number, keep and route a backend notification.
+        """Publish a notification and return how many connections it reached
+        (one process: delivered at once)."""
+        answers: list[Published] = []
+        self.publish(notification).addCallback(answers.append)
+        return answers[0].delivered if answers else 0
 
-        Presence events the effect causes (a role change, an admission) follow
-        the notification itself.
+    def number(self, message: Outgoing) -> Numbered:
+        """Number a message with the room's own stream (one process)."""
+        return self.stream.number(message)
 
-        :returns: how many connections it was written to.
+    def deliver(self, message: Numbered) -> int:
+        """Carry out a numbered message's actions, then route and keep it.
+
+        Role changes come first, so that routing follows them; presence events
+        they cause (a role change, an admission) follow the message itself;
+        connections are closed (a ban) last.
+
+        :returns: how many of this process's connections it was written to.
         """
         self._deliver_events()
-        spec = self._catalog[notification.type]
-        actions: Sequence[Action] = (
-            spec.effect(self, notification) if spec.effect is not None else ()
-        )
-        # Numbered and encoded before any action is applied: a notification that
-        # cannot be encoded changes no role.
-        encoded = self.stream.record(
-            notification.type,
-            notification.payload,
-            targets=None
-            if notification.routing == "broadcast"
-            else tuple(notification.targets),
-        )
         after: list[Callable[[], None]] = []
-        for action in actions:
-            if isinstance(action, SetRole):
-                after.extend(self._set_role(action.user_id, action.role))
-        targets = self._targets(notification)
-        role_changes = [a for a in actions if isinstance(a, SetRole)]
-        if role_changes and notification.routing == "broadcast":
+        role_changes = [a for a in message.actions if isinstance(a, SetRole)]
+        for action in role_changes:
+            after.extend(self._set_role(action.user_id, action.role))
+        targets = self._targets(message.targets)
+        if role_changes and message.targets is None:
             # The subject of a role change always hears of it, even when the new
             # role (pending_guest) takes them out of the broadcast audience.
             listed = {session.connection_id for session in targets}
@@ -518,20 +676,26 @@ class OrgRoom:
                     for session in self._by_user.get(action.user_id, {}).values()
                     if session.connection_id not in listed
                 )
+        if message.exclude is not None:
+            targets = [t for t in targets if t.connection_id != message.exclude]
+        self.stream.keep(message)
+        encoded = Encoded(
+            type=message.type, data=message.data, sender=message.sender, seq=message.seq
+        )
         for session in targets:
             session.connection.send(encoded)
         for then in after:
             then()
-        for action in actions:
-            if isinstance(action, CloseUser):
-                self._close_user(action)
+        for closing in message.actions:
+            if isinstance(closing, CloseUser):
+                self._close_user(closing)
         return len(targets)
 
-    def _targets(self, notification: Notification) -> list[Session]:
-        if notification.routing == "broadcast":
+    def _targets(self, users: tuple[str, ...] | None) -> list[Session]:
+        if users is None:
             return list(self._audience.values())
         targets: list[Session] = []
-        for user_id in notification.targets:
+        for user_id in users:
             targets.extend(self._by_user.get(user_id, {}).values())
         return targets
 
@@ -539,6 +703,7 @@ class OrgRoom:
         """Apply a role now; return the presence events to send after delivery."""
         sessions = self._by_user.get(user_id, {})
         self._stale[user_id] = None
+        self._changed(user_id)
         if sessions:
             self._assigned.add(user_id)
         else:
@@ -579,6 +744,7 @@ class OrgRoom:
         self._announce(user_id, encode("user_joined", self._describe(user_id)))
 
     def _close_user(self, action: CloseUser) -> None:
+        self._changed(action.user_id)
         if action.ban:
             self._bans[action.user_id] = self._clock.seconds()
             # The backend's next word on this user is a token issued after the ban.
@@ -595,11 +761,106 @@ class OrgRoom:
         for session in list(self._sessions.values()):
             session.connection.close(code, reason)
 
+    # ------------------------------------------------------------ the cluster
+
+    def _entry(self, user_id: str) -> RemoteEntry | None:
+        """This process's presence entry for a user, as the others see it."""
+        sessions = self._by_user.get(user_id)
+        present = self._presence.get(user_id)
+        position = present.position if present is not None else None
+        if sessions:
+            role = next(iter(sessions.values())).role
+            return RemoteEntry(len(sessions), role, position)
+        if present is not None:
+            return RemoteEntry(0, present.role, position)
+        return None
+
+    def _changed(self, user_id: str) -> None:
+        """This process's entry for a user may have changed: tell the others at
+        the end of the reactor iteration (once per user, however many changes)."""
+        if not self._shared:
+            return
+        self._changed_users[user_id] = None
+        if self._changed_call is None:
+            self._changed_call = self._clock.callLater(0, self._tell_changes)
+
+    def _tell_changes(self) -> None:
+        self._changed_call = None
+        users, self._changed_users = self._changed_users, {}
+        for user_id in users:
+            self._backplane.presence_changed(self.org_id, user_id, self._entry(user_id))
+
+    def restart_stream(self, state: StreamState) -> None:
+        """Continue from the shared stream's state; every connection recovers.
+
+        At start (the room has no connection yet) this is the org's state when
+        this process began serving it: its window, bans and held roles.
+        """
+        self.stream.restart(state.epoch, state.seq, state.records)
+        self._bans.update(state.bans)
+        for user_id, role in state.roles.items():
+            if user_id not in self._by_user:
+                self._held.hold(user_id, role)
+        for session in list(self._sessions.values()):
+            session.connection.close(codes.CLOSE_SERVICE_RESTART, codes.REASON_RESYNC)
+
+    def remote_presence(
+        self, node: str, user_id: str, entry: RemoteEntry | None
+    ) -> None:
+        """Another process's entry for a user changed: the others here hear of a
+        join, a leave or a role change as the cluster's presence changes."""
+        self._deliver_events()
+        was_online = self._online(user_id)
+        role_before = self._role(user_id) if was_online else None
+        self._remote.set(node, user_id, entry)
+        self._stale[user_id] = None
+        online = self._online(user_id)
+        if online and not was_online:
+            self._entries.pop(user_id, None)
+            self._announce(user_id, encode("user_joined", self._describe(user_id)))
+        elif was_online and not online:
+            self._entries.pop(user_id, None)
+            self._announce(user_id, encode("user_left", UserLeft(userId=user_id)))
+        elif online:
+            role = self._role(user_id)
+            if role is not None and role != role_before:
+                changed = UserRoleChanged(userId=user_id, role=role)
+                self._announce(user_id, encode("user_role_changed", changed))
+
+    def remote_positions(
+        self, node: str, positions: Sequence[tuple[str, PositionUpdate]]
+    ) -> None:
+        """Another process's tick of moves: relayed here as this process's own."""
+        self._deliver_events()
+        for user_id, position in positions:
+            if not self._remote.move(node, user_id, position):
+                continue
+            self._stale[user_id] = None
+            if self._plain:
+                encoded = encode(
+                    "position_update", position, sender=user_id, ephemeral=True
+                )
+                for target in self._plain.values():
+                    target.connection.send(encoded)
+            if self._batched:
+                self._batch(user_id, position)
+
+    def node_gone(self, node: str) -> None:
+        """Another process is gone: its users leave unless seen elsewhere."""
+        for user_id in self._remote.users_of(node):
+            self.remote_presence(node, user_id, None)
+
     def dispose(self) -> None:
         """Cancel the room's timers (it is being dropped, or the daemon stops)."""
         self._presence.dispose()
         self._held.clear()
         self._assigned.clear()
+        self._remote.clear()
+        self._moves.clear()
+        self._changed_users.clear()
+        if self._changed_call is not None and self._changed_call.active():
+            self._changed_call.cancel()
+        self._changed_call = None
         self._entries.clear()
         self._stale.clear()
         if self._events_call is not None and self._events_call.active():
@@ -611,308 +872,3 @@ class OrgRoom:
             self._tick_call.cancel()
         self._tick_call = None
         self._tick_positions.clear()
-
-
-class OrgRegistry:
-    """One :class:`OrgRoom` per org, created on first use.
-
-    A room whose last session left keeps its history (and epoch) for
-    ``history.seconds`` after its last activity, then is dropped: one timer per
-    such room, no sweep of all rooms.
-
-    :param catalog: message type -> spec.
-    :param clock: the reactor's time and timers (a ``Clock`` in tests).
-    :param auto_knock: see :class:`OrgRoom`.
-    :param ban_memory: how long, in seconds, a ban refuses tokens issued before it.
-    :param presence_grace: see :class:`OrgRoom`.
-    :param history: how much history each room keeps.
-    :param store: where history outlives the process (default: nowhere).
-    :param new_id: makes connection ids (tests pass a counter).
-    :param new_epoch: makes epochs.
-    """
-
-    def __init__(
-        self,
-        catalog: Mapping[str, MessageSpec],
-        *,
-        clock: IReactorTime,
-        auto_knock: bool = False,
-        ban_memory: float = 3600.0,
-        presence_grace: float = 5.0,
-        position_tick: float = 0.05,
-        history: HistoryBounds = DEFAULT_BOUNDS,
-        store: HistoryStore | None = None,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        new_epoch: Callable[[], str] = new_epoch,
-    ) -> None:
-        self.catalog = catalog
-        self._clock = clock
-        self._auto_knock = auto_knock
-        self._ban_memory = ban_memory
-        self._presence_grace = presence_grace
-        self._position_tick = position_tick
-        self._history = history
-        self._store: HistoryStore = store if store is not None else MemoryStore()
-        self._new_id = new_id
-        self._new_epoch = new_epoch
-        self._rooms: dict[str, OrgRoom] = {}
-        # Exactly the rooms without a session, each with its expiry timer.
-        self._expiry: dict[str, IDelayedCall | None] = {}
-        self._connections = 0
-        self._bans: dict[str, dict[str, float]] = {}
-        self._stopped = False
-
-    # ------------------------------------------------------------ counts
-
-    @property
-    def room_count(self) -> int:
-        """How many rooms have live connections."""
-        return len(self._rooms) - len(self._expiry)
-
-    @property
-    def history_room_count(self) -> int:
-        """How many rooms have no connection and are kept for their history."""
-        return len(self._expiry)
-
-    @property
-    def connection_count(self) -> int:
-        """How many sessions exist across all rooms."""
-        return self._connections
-
-    def org_connection_count(self, org_id: str) -> int:
-        """How many live connections an org has."""
-        room = self._rooms.get(org_id)
-        return len(room) if room is not None else 0
-
-    def user_connection_count(self, org_id: str, user_id: str) -> int:
-        """How many live connections a user has in an org."""
-        room = self._rooms.get(org_id)
-        return room.connection_count_of(user_id) if room is not None else 0
-
-    def room(self, org_id: str) -> OrgRoom | None:
-        """The org's room if it exists, live or kept for history (never creates one)."""
-        return self._rooms.get(org_id)
-
-    def presence(self, org_id: str) -> list[PresenceUser]:
-        """The org's online users (none for an org without a room)."""
-        room = self._rooms.get(org_id)
-        return room.presence() if room is not None else []
-
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Open the history store and bring back the streams it kept.
-
-        Each comes back as a room without connections, so that notifications
-        arriving before its clients reconnect are numbered and kept.
-        """
-        for stored in self._store.open(self._history, self._clock.seconds()):
-            stream = Stream.restored(
-                stored, self._history, self._store, self._clock.seconds
-            )
-            room = self._add_room(stored.org_id, stream)
-            self._expiry[room.org_id] = None
-            self._schedule_expiry(room)
-
-    def stop(self) -> defer.Deferred[None]:
-        """Cancel every timer and close the store (after the connections are gone).
-
-        From now on nothing is numbered: connections are refused and
-        notifications delivered to nobody, so that what the store wrote last is
-        where every stream ended.
-        """
-        self._stopped = True
-        now = self._clock.seconds()
-        for org_id, room in self._rooms.items():
-            if org_id not in self._expiry:
-                room.stream.touch(now)
-            room.dispose()
-        for call in self._expiry.values():
-            if call is not None and call.active():
-                call.cancel()
-        self._expiry = dict.fromkeys(self._expiry)
-        return self._store.close()
-
-    # ------------------------------------------------------------ admission
-
-    def _org_bans(self, org_id: str) -> dict[str, float]:
-        bans = self._bans.setdefault(org_id, {})
-        cutoff = self._clock.seconds() - self._ban_memory
-        for user_id in [u for u, at in bans.items() if at < cutoff]:
-            del bans[user_id]
-        return bans
-
-    def check_admission(self, identity: Identity) -> None:
-        """Refuse a verified identity that a recent ban covers.
-
-        :raises RefusedError: 403 for a token issued before the user's ban.
-        """
-        bans = self._bans.get(identity.org_id)
-        if not bans:
-            return
-        banned_at = self._org_bans(identity.org_id).get(identity.user_id)
-        if banned_at is None:
-            return
-        if identity.issued_at is None or identity.issued_at <= banned_at:
-            raise RefusedError(403, codes.REASON_BANNED)
-
-    def connect(
-        self,
-        identity: Identity,
-        connection: Connection,
-        *,
-        since: str | None = None,
-        batch_positions: bool = False,
-    ) -> Session:
-        """Admit a verified connection to its org's room (created if needed).
-
-        :param since: the ``<epoch>.<seq>`` a reconnecting client last saw.
-        :param batch_positions: take positions as one ``positions`` frame per tick.
-        :raises RefusedError: when the identity may not connect.
-        """
-        if self._stopped:
-            raise RefusedError(503, codes.REASON_SHUTDOWN)
-        self.check_admission(identity)
-        org_id = identity.org_id
-        room = self._rooms.get(org_id)
-        if room is None:
-            room = self._create_room(org_id)
-        else:
-            self._wake(org_id)
-        try:
-            session = room.join(
-                identity,
-                connection,
-                self._new_id(),
-                since=since,
-                batch_positions=batch_positions,
-            )
-        except BaseException:
-            if not len(room):
-                self._idle(room)
-            raise
-        self._connections += 1
-        return session
-
-    def disconnect(self, session: Session) -> None:
-        """Remove a session; a room left without any is kept for its history.
-
-        Idempotent.
-        """
-        room = self._rooms.get(session.org_id)
-        if room is None or not room.leave(session):
-            return
-        self._connections -= 1
-        if not len(room):
-            self._idle(room)
-
-    # ------------------------------------------------------------ rooms
-
-    def _create_room(self, org_id: str) -> OrgRoom:
-        now = self._clock.seconds()
-        epoch = self._new_epoch()
-        self._store.begin(org_id, epoch, now)
-        stream = Stream(org_id, epoch, self._history, self._store, self._clock.seconds)
-        return self._add_room(org_id, stream)
-
-    def _add_room(self, org_id: str, stream: Stream) -> OrgRoom:
-        room = OrgRoom(
-            org_id,
-            self.catalog,
-            bans=self._org_bans(org_id),
-            clock=self._clock,
-            stream=stream,
-            presence_grace=self._presence_grace,
-            auto_knock=self._auto_knock,
-            position_tick=self._position_tick,
-            # A role change is held as long as a replay could reach past it.
-            role_memory=self._history.seconds,
-        )
-        self._rooms[org_id] = room
-        return room
-
-    def _wake(self, org_id: str) -> None:
-        if org_id in self._expiry:
-            call = self._expiry.pop(org_id)
-            if call is not None and call.active():
-                call.cancel()
-
-    def _idle(self, room: OrgRoom) -> None:
-        room.stream.touch(self._clock.seconds())
-        self._expiry[room.org_id] = None
-        self._schedule_expiry(room)
-
-    def _schedule_expiry(self, room: OrgRoom) -> None:
-        delay = room.stream.retained_until() - self._clock.seconds()
-        if delay <= 0:
-            self._drop(room)
-        else:
-            self._expiry[room.org_id] = self._clock.callLater(
-                delay, self._expire, room.org_id
-            )
-
-    def _expire(self, org_id: str) -> None:
-        room = self._rooms.get(org_id)
-        if room is None or org_id not in self._expiry:
-            return
-        # Messages may have arrived since the timer was set: check again, and
-        # either drop the room or wait for its newest activity to expire.
-        self._schedule_expiry(room)
-
-    def _drop(self, room: OrgRoom) -> None:
-        org_id = room.org_id
-        del self._rooms[org_id]
-        self._wake(org_id)
-        room.dispose()
-        self._store.forget(org_id)
-        if not self._bans.get(org_id):
-            self._bans.pop(org_id, None)
-
-    # ------------------------------------------------------------ routing
-
-    def receive(self, session: Session, message: ClientMessage) -> int:
-        """Hand a validated client message to its session's room."""
-        room = self._rooms[session.org_id]
-        return room.receive(session, message)
-
-    def notify(self, notification: Notification) -> int:
-        """Deliver a backend notification; an org with no room delivers to nobody.
-
-        A room kept for its history numbers and keeps the notification for the
-        clients that will reconnect.  An org with no room gets none, though a ban
-        still takes effect.
-        """
-        if self._stopped:
-            return 0
-        room = self._rooms.get(notification.org_id)
-        if room is None:
-            spec = self.catalog[notification.type]
-            if spec.effect is not None:
-                self._record_bans(notification, spec)
-            return 0
-        return room.notify(notification)
-
-    def _record_bans(self, notification: Notification, spec: MessageSpec) -> None:
-        assert spec.effect is not None
-        actions = spec.effect(_EmptyRoom(notification.org_id), notification)
-        bans = [a for a in actions if isinstance(a, CloseUser) and a.ban]
-        if bans:
-            org_bans = self._org_bans(notification.org_id)
-            for action in bans:
-                org_bans[action.user_id] = self._clock.seconds()
-
-    def close_all(self, code: int, reason: str) -> None:
-        """Close every connection of every room (shutdown)."""
-        for room in list(self._rooms.values()):
-            room.close_all(code, reason)
-
-
-@attrs.frozen
-class _EmptyRoom:
-    org_id: str
-
-    def user_ids(self) -> frozenset[str]:
-        return frozenset()
-
-    def role_of(self, user_id: str) -> str | None:
-        return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +21,7 @@ from twisted.python import usage
 from officerouter import codes
 from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
+from officerouter.backplane import Backplane, LocalBackplane
 from officerouter.catalog import build_catalog
 from officerouter.config import (
     DEFAULT_ENV_FILE,
@@ -31,7 +34,9 @@ from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
 from officerouter.inflight import InFlight
 from officerouter.limits import Limits, OriginPolicy
-from officerouter.rooms import OrgRegistry
+from officerouter.redis_backplane import NODE_ID, RedisBackplane
+from officerouter.redis_client import RedisLink
+from officerouter.registry import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
 
@@ -295,6 +300,47 @@ class Options(usage.Options):
             _seconds("history-seconds"),
         ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
+        [
+            "redis",
+            None,
+            None,
+            "Share orgs with every process on this Redis: redis://[[user]:password@]"
+            "host[:port][/db] or rediss:// (or REDIS_URL; prefer it with a password).",
+        ],
+        [
+            "redis-prefix",
+            None,
+            "officerouter",
+            "Prefix of every Redis key and channel; processes sharing orgs share it.",
+        ],
+        [
+            "redis-wait",
+            None,
+            10.0,
+            "Seconds to wait for Redis at start before giving up (exit 1).",
+            _number("redis-wait", 0),
+        ],
+        [
+            "redis-outage",
+            None,
+            30.0,
+            "Seconds without Redis after which connections are closed with 1012.",
+            _number("redis-outage", 1),
+        ],
+        [
+            "heartbeat-timeout",
+            None,
+            10.0,
+            "Seconds after which a silent process's users leave presence (cluster).",
+            _number("heartbeat-timeout", 3),
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "Name of this process in logs, presence and /healthz "
+            "(default: host name and pid).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -311,6 +357,14 @@ class Options(usage.Options):
             history.startswith("sqlite:") and history[len("sqlite:") :]
         ):
             raise usage.UsageError("--history must be memory or sqlite:PATH")
+        if self["node-id"] is not None and not NODE_ID.match(self["node-id"]):
+            raise usage.UsageError(
+                "--node-id must be 1 to 64 letters, digits, '.', '_' or '-'"
+            )
+        if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", self["redis-prefix"]):
+            raise usage.UsageError(
+                "--redis-prefix must be 1 to 64 letters, digits, '.', '_', ':' or '-'"
+            )
         if self["log-format"] == "json" and self.parent is not None:
             # twistd reads its "logger" option after ours are parsed.
             self.parent["logger"] = "officerouter.logs.json_observer"
@@ -470,6 +524,9 @@ def prepare_settings(
 
     :raises ConfigError: for missing or malformed configuration.
     """
+    if options["redis"]:
+        # The option wins over the environment and the env file.
+        environ = {**environ, "REDIS_URL": options["redis"]}
     env_file = resolve_env_file(options["env-file"], cwd)
     # --dev may name an env file that does not exist yet: it is generated there.
     existing = env_file if env_file is not None and env_file.exists() else None
@@ -481,6 +538,74 @@ def prepare_settings(
         out = sys.stderr if options["log-format"] == "json" else sys.stdout
         print(_dev_banner(target, options["port"]), file=out)
     return load_settings(environ, env_file)
+
+
+def default_node_id() -> str:
+    """This process's default name: its host name and pid."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}"
+
+
+class BackplaneService(service.Service):
+    """The cluster's Redis: connected before the daemon listens, left after it stopped.
+
+    Start-up waits up to ``--redis-wait`` seconds for Redis; a refused password or
+    no answer in time ends the process with one line and status 1, before any
+    client is accepted.  A Redis outage after start-up is survived: see
+    docs/cluster.md.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        backplane: RedisBackplane,
+        wait: float,
+        on_ready: Any,
+    ) -> None:
+        self._link = link
+        self._backplane = backplane
+        self._wait = wait
+        self._on_ready = on_ready
+
+    def startService(self) -> None:
+        super().startService()
+        self._link.startService()
+        self._backplane.start()
+        d = self._link.when_up(self._wait)
+        d.addCallbacks(lambda _: self._on_ready(), self._give_up)
+
+    def _give_up(self, failure: Any) -> None:
+        reason = failure.getErrorMessage()
+        sys.stderr.write(
+            f"officerouter: --redis: cannot use {self._link.target.describe()}: "
+            f"{reason}\n"
+        )
+        sys.stderr.flush()
+        # Nothing was accepted yet: there is nothing to stop gracefully.
+        os._exit(1)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        d = self._backplane.stop()
+        return d.addBoth(lambda _: self._link.stopService())
+
+
+class ListenWhenReady(service.Service):
+    """Listen once the backplane is ready."""
+
+    def __init__(self, listener: service.Service) -> None:
+        self._listener = listener
+
+    def ready(self) -> None:
+        """The backplane is ready: listen now."""
+        if self.running and not self._listener.running:
+            self._listener.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._listener.running:
+            return self._listener.stopService()
+        return None
 
 
 def makeService(options: usage.Options) -> service.IService:
@@ -499,6 +624,43 @@ def makeService(options: usage.Options) -> service.IService:
         # Not a UsageError: twistd would print its whole usage text for that.
         raise SystemExit(f"officerouter: {e}") from None
     clock: IReactorTime = reactor
+    node_id = options["node-id"] or default_node_id()
+    bounds = HistoryBounds(
+        size=options["history-size"],
+        seconds=options["history-seconds"],
+        # A replay that could not fit a slow client's buffer is refused
+        # (recovered: false) rather than cut off with 1013.
+        replay_bytes=options["hard-buffer-bytes"] // 2,
+    )
+    link: RedisLink | None = None
+    backplane: Backplane
+    if settings.redis is None:
+        backplane = LocalBackplane(node_id)
+    else:
+        if options["history"] != "memory":
+            raise SystemExit(
+                "officerouter: --history: with --redis the history is kept in "
+                "Redis; drop --history"
+            )
+        link = RedisLink(
+            settings.redis,
+            reactor,
+            on_message=lambda channel, message: redis_backplane.on_message(
+                channel, message
+            ),
+            on_state=lambda up: registry.backplane_changed(up),
+        )
+        redis_backplane = RedisBackplane(
+            link,
+            node_id=node_id,
+            prefix=options["redis-prefix"],
+            bounds=bounds,
+            clock=reactor,
+            heartbeat_timeout=options["heartbeat-timeout"],
+            presence_grace=options["presence-grace"],
+            ban_memory=options["ban-memory"],
+        )
+        backplane = redis_backplane
     registry = OrgRegistry(
         catalog,
         clock=clock,
@@ -506,14 +668,10 @@ def makeService(options: usage.Options) -> service.IService:
         ban_memory=options["ban-memory"],
         presence_grace=options["presence-grace"],
         position_tick=options["position-tick"],
-        history=HistoryBounds(
-            size=options["history-size"],
-            seconds=options["history-seconds"],
-            # A replay that could not fit a slow client's buffer is refused
-            # (recovered: false) rather than cut off with 1013.
-            replay_bytes=options["hard-buffer-bytes"] // 2,
-        ),
+        history=bounds,
         store=history_store(options["history"], reactor),
+        backplane=backplane,
+        outage_close=options["redis-outage"],
     )
     verifier = TokenVerifier(
         settings.verify_keys,
@@ -551,12 +709,19 @@ def makeService(options: usage.Options) -> service.IService:
         ) from None
     exit_cleanly_on_signals(reactor)
     top = service.MultiService()
-    # Started before the listener (the store is open before anyone connects);
-    # MultiService stops children in reverse order, so the listener stops first.
+    listener = StreamServerEndpointService(endpoint, site)
+    # MultiService starts children in order and stops them in reverse: Redis is
+    # connected and the store open before anyone connects; the listener stops
+    # first, Redis is left last.
+    if link is not None:
+        listen = ListenWhenReady(listener)
+        BackplaneService(
+            link, redis_backplane, options["redis-wait"], listen.ready
+        ).setServiceParent(top)
     RouterService(
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
-    StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    (listener if link is None else listen).setServiceParent(top)
     trim = malloc_trimmer() if options["malloc-trim-interval"] > 0 else None
     if trim is not None:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -18,11 +19,12 @@ from twisted.web.resource import Resource
 
 from officerouter import codes
 from officerouter.auth import service_token_matches
+from officerouter.backplane import BackplaneUnavailable, Published
 from officerouter.codec import ContractError, converter, decode_notify, dumps
 from officerouter.config import Settings
 from officerouter.inflight import InFlight
-from officerouter.messages import MAX_ID_LENGTH
-from officerouter.rooms import OrgRegistry
+from officerouter.messages import MAX_ID_LENGTH, PresenceUser
+from officerouter.registry import OrgRegistry
 from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 
 log = Logger()
@@ -256,6 +258,32 @@ def _error(
     return _json(request, status, body)
 
 
+def _unavailable(request: server.Request, reason: str) -> bytes:
+    """503 with ``Retry-After``: nothing was numbered or stored; retry shortly."""
+    request.setHeader(b"retry-after", b"1")
+    return _error(
+        request,
+        503,
+        codes.ERR_UNAVAILABLE,
+        f"{reason}; nothing was numbered or delivered, retry",
+    )
+
+
+def _read_failed(request: server.Request, failure: Failure) -> bytes:
+    if failure.check(BackplaneUnavailable):
+        return _unavailable(request, failure.getErrorMessage())
+    log.failure("unexpected error reading shared state", failure)
+    return _error(request, 500, codes.ERR_INTERNAL, "internal error")
+
+
+def _finish(request: server.Request, body: list[bytes]) -> None:
+    """Write a late answer, unless the client is gone."""
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.write(body[0])
+    request.finish()
+
+
 def _peer(request: http.Request) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
@@ -331,14 +359,36 @@ class NotifyResource(_MethodsResource):
         self._registry = registry
         self._settings = settings
 
-    def render_POST(self, request: server.Request) -> bytes:
+    def render_POST(self, request: server.Request) -> bytes | int:
         try:
-            return self._notify(request)
+            answer = self._notify(request)
         except Exception:
             log.failure("unexpected error handling a notification")
             return _error(request, 500, codes.ERR_INTERNAL, "internal error")
+        if isinstance(answer, bytes):
+            return answer
+        # Numbered by a shared backplane: answered when it is stored.  With one
+        # process the Deferred has fired already and this is the same turn.
+        body: list[bytes] = []
+        answer.addCallbacks(
+            lambda published: body.append(self._published(request, published)),
+            lambda failure: body.append(self._failed(request, failure)),
+        )
+        if body:
+            return body[0]
+        answer.addCallback(lambda _: _finish(request, body))
+        return server.NOT_DONE_YET
 
-    def _notify(self, request: server.Request) -> bytes:
+    def _published(self, request: server.Request, published: Published) -> bytes:
+        answer: dict[str, Any] = {"ok": True, "delivered": published.delivered}
+        if published.seq is not None:
+            answer["seq"] = published.seq
+        return _json(request, 200, answer)
+
+    def _failed(self, request: server.Request, failure: Failure) -> bytes:
+        return _read_failed(request, failure)
+
+    def _notify(self, request: server.Request) -> bytes | Deferred[Published]:
         refused = _refuse_unless_service(request, self._settings, "notify")
         if refused is not None:
             return refused
@@ -364,8 +414,21 @@ class NotifyResource(_MethodsResource):
             return _error(
                 request, 400, e.code, "the message breaks the contract", e.errors
             )
-        delivered = self._registry.notify(notification)
-        return _json(request, 200, {"ok": True, "delivered": delivered})
+        reason = self._registry.unavailable()
+        if reason is not None:
+            return _unavailable(request, reason)
+        try:
+            return self._registry.publish(notification)
+        except ContractError as e:
+            log.info(
+                "rejected a notification from {peer}: {code} {errors}",
+                peer=_peer(request),
+                code=e.code,
+                errors=e.message,
+            )
+            return _error(
+                request, 400, e.code, "the message breaks the contract", e.errors
+            )
 
 
 class PresenceResource(_MethodsResource):
@@ -378,14 +441,38 @@ class PresenceResource(_MethodsResource):
         self._registry = registry
         self._settings = settings
 
-    def render_GET(self, request: server.Request) -> bytes:
+    def render_GET(self, request: server.Request) -> bytes | int:
         try:
-            return self._presence(request)
+            answer = self._presence(request)
         except Exception:
             log.failure("unexpected error answering a presence query")
             return _error(request, 500, codes.ERR_INTERNAL, "internal error")
+        if isinstance(answer, bytes):
+            return answer
+        org_id, users = answer
+        body: list[bytes] = []
+        users.addCallbacks(
+            lambda found: body.append(
+                _json(
+                    request,
+                    200,
+                    {
+                        "ok": True,
+                        "orgId": org_id,
+                        "users": converter.unstructure(found),
+                    },
+                )
+            ),
+            lambda failure: body.append(_read_failed(request, failure)),
+        )
+        if body:
+            return body[0]
+        users.addCallback(lambda _: _finish(request, body))
+        return server.NOT_DONE_YET
 
-    def _presence(self, request: server.Request) -> bytes:
+    def _presence(
+        self, request: server.Request
+    ) -> bytes | tuple[str, Deferred[list[PresenceUser]]]:
         refused = _refuse_unless_service(request, self._settings, "presence")
         if refused is not None:
             return refused
@@ -414,8 +501,7 @@ class PresenceResource(_MethodsResource):
                     ),
                 ),
             )
-        users = converter.unstructure(self._registry.presence(org_id))
-        return _json(request, 200, {"ok": True, "orgId": org_id, "users": users})
+        return org_id, self._registry.presence_of(org_id)
 
 
 class HealthResource(_MethodsResource):
@@ -428,16 +514,22 @@ class HealthResource(_MethodsResource):
         self._registry = registry
 
     def render_GET(self, request: server.Request) -> bytes:
-        return _json(
-            request,
-            200,
-            {
-                "ok": True,
-                "connections": self._registry.connection_count,
-                "rooms": self._registry.room_count,
-                "historyOnlyRooms": self._registry.history_room_count,
-            },
-        )
+        registry = self._registry
+        reason = registry.unavailable()
+        body: dict[str, Any] = {
+            "ok": reason is None,
+            "connections": registry.connection_count,
+            "rooms": registry.room_count,
+            "historyOnlyRooms": registry.history_room_count,
+        }
+        if registry.backplane.shared:
+            body["node"] = registry.node_id
+            body["backplane"] = "up" if reason is None else "down"
+        if reason is not None:
+            body["error"] = codes.ERR_UNAVAILABLE
+            body["message"] = reason
+            request.setHeader(b"retry-after", b"1")
+        return _json(request, 200 if reason is None else 503, body)
 
 
 def make_site(

@@ -29,6 +29,7 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
@@ -37,6 +38,7 @@ from twisted.internet.interfaces import (
     ISystemHandle,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from officerouter import codes
@@ -49,7 +51,8 @@ from officerouter.auth import (
 from officerouter.codec import Burst, ContractError, Encoded, decode_client
 from officerouter.inflight import InFlight
 from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
-from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
+from officerouter.registry import OrgRegistry
+from officerouter.rooms import RefusedError, Session, error_frame
 
 _FRAMING = "ws"
 _JWT_LIKE = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
@@ -202,7 +205,11 @@ class OfficeServerProtocol(WebSocketServerProtocol):
 
     # ------------------------------------------------------------ handshake
 
-    def onConnect(self, request: ConnectionRequest) -> str:
+    # Autobahn takes a Deferred here (it wraps the result with txaio.as_future),
+    # though its annotation does not say so.
+    def onConnect(  # type: ignore[override]
+        self, request: ConnectionRequest
+    ) -> str | Deferred[str]:
         # Autobahn turns an unexpected exception here into a bare 500 and a
         # warning without a traceback: log it ourselves, then deny.
         try:
@@ -228,10 +235,12 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         )
         super().failHandshake(reason, code, responseHeaders)
 
-    def _authenticate(self, request: ConnectionRequest) -> str:
+    def _authenticate(self, request: ConnectionRequest) -> str | Deferred[str]:
         factory = self.factory
         if factory.stopping:
             raise ConnectionDeny(503, codes.REASON_SHUTDOWN)
+        if factory.registry.unavailable() is not None:
+            raise ConnectionDeny(503, codes.REASON_UNAVAILABLE)
         if not factory.origins.allows(request.origin):
             raise ConnectionDeny(403, codes.REASON_ORIGIN)
         try:
@@ -249,10 +258,36 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
             raise ConnectionDeny(*refusal)
-        self._identity = identity
         since = params.get("since")
         self._since = since[0] if since else None
         self._batch_positions = positions == "batched"
+        # The org's room must be ready: with several processes its shared state
+        # (bans, who is online elsewhere) is read first, and checked again.
+        prepared = factory.registry.prepare(identity.org_id)
+        outcome: list[Any] = []
+        prepared.addBoth(outcome.append)
+        if outcome:
+            return self._admit(identity, echo, outcome[0])
+        return prepared.addBoth(lambda result: self._admit(identity, echo, result))
+
+    def _admit(self, identity: Identity, echo: str, prepared: Any) -> str:
+        """The room is ready (or not): admit the identity or refuse it."""
+        factory = self.factory
+        if isinstance(prepared, Failure):
+            refused = prepared.value
+            if isinstance(refused, RefusedError):
+                raise ConnectionDeny(refused.status, refused.reason)
+            prepared.raiseException()
+        try:
+            factory.registry.check_admission(identity)
+        except RefusedError as e:
+            factory.registry.abandon(identity.org_id)
+            raise ConnectionDeny(e.status, e.reason) from None
+        refusal = factory.capacity_refusal(identity)
+        if refusal is not None:
+            factory.registry.abandon(identity.org_id)
+            raise ConnectionDeny(*refusal)
+        self._identity = identity
         return echo
 
     def _query_params(self) -> dict[str, list[str]]:

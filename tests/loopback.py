@@ -42,7 +42,7 @@ from officerouter.catalog import BUILTIN
 from officerouter.config import Settings
 from officerouter.history import HistoryBounds
 from officerouter.limits import Limits, OriginPolicy
-from officerouter.rooms import OrgRegistry
+from officerouter.registry import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
 

@@ -163,7 +163,7 @@ async def test_json_content_type_with_parameters_is_accepted(
     """``application/json`` is recognised with parameters and in any case."""
     client = await listener(router, token)
     status, body = await router.notify(GOOD, content_type=content_type)
-    assert (status, body) == (200, {"ok": True, "delivered": 1})
+    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 1})
     assert await client.next() == {"type": "room_updated", "payload": GOOD["payload"]}
 
 
@@ -175,7 +175,7 @@ async def test_body_over_the_limit_is_413(router: Router, token):
     name = "n" * 100
     fits = with_(payload={"roomId": "r1", "name": name})
     assert len(json.dumps(fits)) < 1024
-    assert await router.notify(fits) == (200, {"ok": True, "delivered": 1})
+    assert await router.notify(fits) == (200, {"ok": True, "delivered": 1, "seq": 1})
     assert (await client.next())["payload"]["name"] == name
 
     too_big = json.dumps(with_(payload={"roomId": "r1", "name": "n" * 2000}))
@@ -187,7 +187,7 @@ async def test_body_over_the_limit_is_413(router: Router, token):
 
 @pytest_twisted.ensureDeferred
 async def test_success_answers_json(router: Router, token):
-    """A 200 is JSON ``{"ok": true, "delivered": N}`` and not cacheable."""
+    """A 200 is JSON ``{"ok": true, "delivered": N, "seq": S}`` and not cacheable."""
     await listener(router, token)
     result = await router.http(
         "POST",
@@ -201,7 +201,7 @@ async def test_success_answers_json(router: Router, token):
     )
     assert result.code == 200
     assert result.headers.getRawHeaders(b"content-type") == [b"application/json"]
-    assert result.json() == {"ok": True, "delivered": 1}
+    assert result.json() == {"ok": True, "delivered": 1, "seq": 1}
 
 
 # ------------------------------------------------------------------ the contract

@@ -73,9 +73,9 @@ async def test_the_three_documented_calls_work_verbatim(router: Router, token):
         answers.append((result.code, result.json()))
 
     assert answers == [
-        (200, {"ok": True, "delivered": 2}),
-        (200, {"ok": True, "delivered": 2}),
-        (200, {"ok": True, "delivered": 1}),
+        (200, {"ok": True, "delivered": 2, "seq": 1}),
+        (200, {"ok": True, "delivered": 2, "seq": 2}),
+        (200, {"ok": True, "delivered": 1, "seq": 3}),
     ]
     room = {
         "type": "room_updated",

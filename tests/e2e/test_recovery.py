@@ -389,7 +389,7 @@ async def test_sqlite_history_survives_a_restart_of_the_daemon(daemon: Daemon, t
         "rooms": 0,
         "historyOnlyRooms": 1,
     }
-    assert await daemon.notify(note("m3")) == {"ok": True, "delivered": 0}
+    assert await daemon.notify(note("m3")) == {"ok": True, "delivered": 0, "seq": 4}
     alice_back = await daemon.connect(token("alice", ORG), since=since_of(alice))
     bob_back = await daemon.connect(token("bob", ORG), since=since_of(bob))
     await daemon.notify(note("m4"))

@@ -50,10 +50,8 @@ def ban(user_id: str, org_id: str = ORG) -> dict[str, Any]:
 
 async def assert_excluded(router: Router, guest: Client, member: Client) -> None:
     """The guest gets no broadcast, no relay, and its frames are refused, unrelayed."""
-    assert await router.notify(broadcast("hall")) == (
-        200,
-        {"ok": True, "delivered": 1},
-    )
+    status, body = await router.notify(broadcast("hall"))
+    assert (status, body["delivered"]) == (200, 1)
     assert (await member.next())["payload"]["roomId"] == "hall"
     member.send_json(POSITION)
     guest.send_json(POSITION)
@@ -67,10 +65,8 @@ async def assert_excluded(router: Router, guest: Client, member: Client) -> None
 
 async def assert_included(router: Router, tabs: list[Client], member: Client) -> None:
     """Every tab of a user takes part in the org's traffic, both ways."""
-    assert await router.notify(broadcast("hall")) == (
-        200,
-        {"ok": True, "delivered": len(tabs) + 1},
-    )
+    status, body = await router.notify(broadcast("hall"))
+    assert (status, body["delivered"]) == (200, len(tabs) + 1)
     for client in (*tabs, member):
         assert (await client.next())["payload"]["roomId"] == "hall"
     member.send_json(POSITION)
@@ -100,7 +96,7 @@ async def test_pending_guest_gets_direct_messages_only(router: Router, token):
             "payload": {"roomId": "lobby", "name": "Lobby"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1})
+    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 4})
     assert await guest.next() == {
         "type": "room_updated",
         "payload": {"roomId": "lobby", "name": "Lobby"},
@@ -146,7 +142,7 @@ async def test_promotion_admits_a_pending_guest_from_then_on(
 
     status, body = await router.notify(user_updated("gail", role))
     # The new role applies before routing: the promoted tabs get the broadcast too.
-    assert (status, body) == (200, {"ok": True, "delivered": 3})
+    assert (status, body) == (200, {"ok": True, "delivered": 3, "seq": 4})
     update = {"type": "user_updated", "payload": {"userId": "gail", "role": role}}
     for client in (guest, guest_tab, member):
         assert await client.next() == update
@@ -168,7 +164,7 @@ async def test_demotion_excludes_a_member_from_then_on(router: Router, token):
     status, body = await router.notify(
         user_updated("alice", "pending_guest", routing="direct", targets=["alice"])
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1})
+    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 4})
     assert await alice.next() == {
         "type": "user_updated",
         "payload": {"userId": "alice", "role": "pending_guest"},
@@ -178,7 +174,7 @@ async def test_demotion_excludes_a_member_from_then_on(router: Router, token):
     # And back: promoted again by broadcast, both see the update.
     assert await router.notify(user_updated("alice", "member")) == (
         200,
-        {"ok": True, "delivered": 2},
+        {"ok": True, "delivered": 2, "seq": 8},
     )
     for client in (alice, max_):
         assert (await client.next())["type"] == "user_updated"
@@ -200,7 +196,7 @@ async def test_user_updated_for_someone_else_changes_nobody(router: Router, toke
             "payload": {"userId": "gail", "role": "member"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1})
+    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 1})
     assert (await elsewhere.next())["type"] == "user_updated"
     await assert_excluded(router, guest, member)
 
@@ -215,7 +211,10 @@ async def test_ban_is_delivered_then_closes_the_users_tabs_with_4003(
     bystander = await router.connect(token("max", ORG))
     eve_elsewhere = await router.connect(token("eve", OTHER_ORG))
 
-    assert await router.notify(ban("eve")) == (200, {"ok": True, "delivered": 2})
+    assert await router.notify(ban("eve")) == (
+        200,
+        {"ok": True, "delivered": 2, "seq": 1},
+    )
 
     banned = {
         "type": "user_banned",
@@ -238,7 +237,10 @@ async def test_token_issued_before_a_ban_is_refused(router: Router, token):
     """After a ban, the user's tokens issued before it are refused 403; newer ones pass."""
     old_token = token("eve", ORG)
     eve = await router.connect(old_token)
-    assert await router.notify(ban("eve")) == (200, {"ok": True, "delivered": 1})
+    assert await router.notify(ban("eve")) == (
+        200,
+        {"ok": True, "delivered": 1, "seq": 1},
+    )
     await eve.wait_closed()
 
     assert await router.handshake({"Sec-WebSocket-Protocol": old_token}) == (
@@ -292,14 +294,14 @@ async def test_demotion_while_away_holds_for_the_old_token(router: Router, token
     await leave(router, alice)
     assert await router.notify(user_updated("alice", "pending_guest")) == (
         200,
-        {"ok": True, "delivered": 1},
+        {"ok": True, "delivered": 1, "seq": 1},
     )
     assert await router.notify(broadcast("after")) == (
         200,
-        {"ok": True, "delivered": 1},
+        {"ok": True, "delivered": 1, "seq": 2},
     )
     direct = {**broadcast("for-alice"), "routing": "direct", "targets": ["alice"]}
-    assert await router.notify(direct) == (200, {"ok": True, "delivered": 0})
+    assert await router.notify(direct) == (200, {"ok": True, "delivered": 0, "seq": 3})
 
     back = await router.connect(member_token, query=f"?since={since}")
     assert back.welcome["payload"]["role"] == "pending_guest"
@@ -326,11 +328,11 @@ async def test_promotion_while_away_holds_for_the_old_token(router: Router, toke
     await leave(router, gail)
     assert await router.notify(user_updated("gail", "guest")) == (
         200,
-        {"ok": True, "delivered": 1},
+        {"ok": True, "delivered": 1, "seq": 1},
     )
     assert await router.notify(broadcast("after")) == (
         200,
-        {"ok": True, "delivered": 1},
+        {"ok": True, "delivered": 1, "seq": 2},
     )
 
     back = await router.connect(guest_token, query=f"?since={since}")

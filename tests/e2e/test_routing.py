@@ -50,7 +50,7 @@ async def test_broadcast_reaches_every_admitted_connection_of_the_org(
 
     status, body = await router.notify(room_updated(ORG_A, "hall"))
 
-    assert (status, body) == (200, {"ok": True, "delivered": 4})
+    assert (status, body) == (200, {"ok": True, "delivered": 4, "seq": 1})
     for client in (owner, alice_1, alice_2, guest):
         assert await client.next() == frame("hall")
     await router.barrier(owner, alice_1, guest, outsider)
@@ -73,7 +73,7 @@ async def test_direct_reaches_all_tabs_of_the_named_users_only(router: Router, t
         )
     )
 
-    assert (status, body) == (200, {"ok": True, "delivered": 3})
+    assert (status, body) == (200, {"ok": True, "delivered": 3, "seq": 1})
     for client in (alice_1, alice_2, bob):
         assert await client.next() == frame("secret")
     await router.barrier(alice_1, bob, carol, bob_elsewhere)
@@ -95,7 +95,7 @@ async def test_other_message_types_are_routed_as_sent(router: Router, token):
             "payload": {"spaceId": "space-1", "name": "Old HQ"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 2})
+    assert (status, body) == (200, {"ok": True, "delivered": 2, "seq": 1})
     status, body = await router.notify(
         {
             "orgId": ORG_A,
@@ -105,7 +105,7 @@ async def test_other_message_types_are_routed_as_sent(router: Router, token):
             "payload": {"guestId": "guest-7", "name": "Visitor"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1})
+    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 2})
 
     deleted = {
         "type": "space_deleted",
@@ -231,5 +231,5 @@ async def test_healthz_counts_connections_and_rooms(router: Router, token):
     assert await router.counts() == (0, 0)
     assert await router.notify(room_updated(ORG_A, "r1")) == (
         200,
-        {"ok": True, "delivered": 0},
+        {"ok": True, "delivered": 0, "seq": 1},
     )

@@ -88,7 +88,7 @@ async def test_installed_twistd_round_trip_and_graceful_stop(tmp_path: Path):
         client_id = values["CF_ACCESS_CLIENT_ID"]
         assert await post(port, body, client_id, secret) == (
             200,
-            {"ok": True, "delivered": 1},
+            {"ok": True, "delivered": 1, "seq": 1},
         )
         assert await client.next() == {
             "type": "room_updated",

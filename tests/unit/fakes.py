@@ -15,7 +15,7 @@ from officerouter.auth import Identity
 from officerouter.catalog import BUILTIN, MessageSpec
 from officerouter.codec import Burst, Encoded
 from officerouter.messages import Notification, UserBanned, UserUpdated
-from officerouter.rooms import OrgRegistry
+from officerouter.registry import OrgRegistry
 
 #: Frames the presence feature adds around routed traffic.  Routing tests look
 #: past them; the presence tests own them.

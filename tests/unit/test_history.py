@@ -27,7 +27,8 @@ from officerouter.messages import (
     RoomUpdated,
     UserUpdated,
 )
-from officerouter.rooms import OrgRegistry, RefusedError, Session
+from officerouter.registry import OrgRegistry
+from officerouter.rooms import RefusedError, Session
 from officerouter.tap import Options
 
 from .fakes import PRESENCE_TYPES, FakeConnection, identity, make_registry

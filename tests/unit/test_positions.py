@@ -9,7 +9,8 @@ import pytest
 from twisted.internet.task import Clock
 
 from officerouter.messages import ClientMessage, PositionUpdate
-from officerouter.rooms import OrgRegistry, Session
+from officerouter.registry import OrgRegistry
+from officerouter.rooms import Session
 
 from .fakes import FakeConnection, identity, make_registry
 

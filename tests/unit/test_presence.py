@@ -21,7 +21,8 @@ from officerouter.messages import (
     Presence,
     RoomUpdated,
 )
-from officerouter.rooms import OrgRegistry, RefusedError, Session
+from officerouter.registry import OrgRegistry
+from officerouter.rooms import RefusedError, Session
 
 from .fakes import (
     PRESENCE_TYPES,

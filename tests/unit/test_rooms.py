@@ -21,7 +21,8 @@ from officerouter.messages import (
     RoomUpdated,
     SpaceDeleted,
 )
-from officerouter.rooms import OrgRegistry, RefusedError, Session, error_frame
+from officerouter.registry import OrgRegistry
+from officerouter.rooms import RefusedError, Session, error_frame
 
 from .fakes import FakeConnection, ban, identity, make_registry, role_change
 

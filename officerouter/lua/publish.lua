@@ -1,0 +1,66 @@
+-- Number, keep and publish one message of an org, atomically.
+--
+-- KEYS[1] meta hash (epoch, seq)   KEYS[2] stream   KEYS[3] connection counts
+-- KEYS[4] bans hash                KEYS[5] held roles hash
+-- ARGV[1] channel       ARGV[2] a fresh epoch, used when the org has no stream
+-- ARGV[3] now (seconds) ARGV[4] stream length kept   ARGV[5] seconds kept
+-- ARGV[6] frame before its seq   ARGV[7] frame after its seq
+-- ARGV[8] the rest of the record header after its seq (JSON, closing brace)
+-- ARGV[9] seconds a ban is remembered
+-- ARGV[10] 1 for a broadcast, 0 for a direct message
+-- then: n, n targets; m, m banned users; k, k pairs (user, role)
+--
+-- Returns {epoch, seq, delivered, delivered per target...}: delivered counts
+-- the connections addressed in cluster presence when the message is numbered.
+local meta, stream, counts = KEYS[1], KEYS[2], KEYS[3]
+local epoch = redis.call('HGET', meta, 'epoch')
+if epoch then
+  local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
+  if last > 0 and redis.call('EXISTS', stream) == 0 then
+    -- The stream was lost (evicted): continuity is gone, start a new epoch.
+    epoch = nil
+  end
+end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', meta, stream)
+  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
+end
+local seq = redis.call('HINCRBY', meta, 'seq', 1)
+local record = 'N{"e":"' .. epoch .. '","s":' .. seq .. ',"at":' .. ARGV[3] .. ARGV[8]
+  .. '\n' .. ARGV[6] .. seq .. ARGV[7]
+redis.call('XADD', stream, 'MAXLEN', ARGV[4], seq .. '-0', 'm', record)
+local ttl = tonumber(ARGV[5])
+redis.call('EXPIRE', meta, ttl)
+redis.call('EXPIRE', stream, ttl)
+local result = {epoch, seq, 0}
+local i = 11
+local n = tonumber(ARGV[i])
+if ARGV[10] == '1' then
+  result[3] = tonumber(redis.call('HGET', counts, '*') or '0')
+end
+for j = 1, n do
+  local c = tonumber(redis.call('HGET', counts, 'u:' .. ARGV[i + j]) or '0')
+  result[3 + j] = c
+  if ARGV[10] ~= '1' then
+    result[3] = result[3] + c
+  end
+end
+i = i + n + 1
+local m = tonumber(ARGV[i])
+for j = 1, m do
+  redis.call('HSET', KEYS[4], ARGV[i + j], ARGV[3])
+end
+if m > 0 then
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[9]))
+end
+i = i + m + 1
+local k = tonumber(ARGV[i])
+for j = 1, k do
+  redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+end
+if k > 0 then
+  redis.call('EXPIRE', KEYS[5], ttl)
+end
+redis.call('PUBLISH', ARGV[1], record)
+return result
