@@ -385,23 +385,48 @@ def history_store(option: str, reactor: Any) -> HistoryStore:
     return SQLiteStore(path.absolute(), clock=reactor, runner=PoolRunner(reactor))
 
 
-def exit_cleanly_on_signals(reactor: Any) -> None:
+class GracefulStop:
+    """Stop the reactor once, gracefully, whatever asks first.
+
+    A terminal's Ctrl+C reaches a whole process group, so a ``--workers`` child
+    gets SIGINT from the terminal and SIGTERM from its parent; a second request
+    while stopping is logged and ignored (the reactor refuses a second stop).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.stopping = False
+
+    def __call__(self, why: str) -> None:
+        if self.stopping:
+            log.info("{why}: already shutting down", why=why)
+            return
+        self.stopping = True
+        log.info("{why}, shutting down", why=why)
+        self._reactor.stop()
+
+
+def exit_cleanly_on_signals(reactor: Any) -> GracefulStop:
     """Stop gracefully on SIGTERM and SIGINT, and exit with status 0.
 
     twistd's own handlers re-raise the signal after shutdown, so the process
     would end "killed by SIGTERM"; a graceful stop is a success for us.
     Installed once the reactor runs, over twistd's handlers.
+
+    :returns: the stop the handlers call, for others to share.
     """
+    stop = GracefulStop(reactor)
 
     def handler(number: int, frame: object) -> None:
-        log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
-        reactor.callFromThread(reactor.stop)
+        why = f"received {signal.Signals(number).name}"
+        reactor.callFromThread(stop, why)
 
     def install() -> None:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
     reactor.callWhenRunning(install)
+    return stop
 
 
 def limits_from(options: usage.Options) -> Limits:

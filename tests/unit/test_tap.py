@@ -12,6 +12,8 @@ import pytest
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import reactor
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 
@@ -394,3 +396,31 @@ def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
     message = str(info.value.code)
     assert message.startswith("officerouter: --port: ")
     assert "\n" not in message
+
+
+# ---------------------------------------------------------------- signals
+
+
+class StoppableReactor:
+    """Counts stops, and refuses a second one as a real reactor does."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stop(self) -> None:
+        if self.stops:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+
+
+def test_a_second_stop_request_is_ignored():
+    """SIGINT from a terminal then SIGTERM from a parent stop the reactor once, logging both."""
+    reactor = StoppableReactor()
+    stop = tap.GracefulStop(reactor)
+    with capturedLogs() as events:
+        stop("received SIGINT")
+        stop("received SIGTERM")
+    assert reactor.stops == 1
+    assert stop.stopping
+    assert [e["why"] for e in events] == ["received SIGINT", "received SIGTERM"]
+    assert "already" in events[1]["log_format"]
