@@ -92,6 +92,17 @@ def _merged(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]
     return values
 
 
+def configured(
+    environ: Mapping[str, str], env_file: Path | None, name: str
+) -> str | None:
+    """One variable as :func:`load_settings` sees it: the environment over the
+    file, the empty string as unset.
+
+    :raises ConfigError: for an unreadable or malformed env file.
+    """
+    return _merged(environ, env_file).get(name) or None
+
+
 def has_verify_keys(environ: Mapping[str, str], env_file: Path | None) -> bool:
     """Tell whether client-token verification keys are configured at all."""
     values = _merged(environ, env_file)

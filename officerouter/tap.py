@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +26,7 @@ from officerouter.config import (
     DEFAULT_ENV_FILE,
     ConfigError,
     Settings,
+    configured,
     has_verify_keys,
     load_settings,
 )
@@ -34,6 +37,16 @@ from officerouter.limits import Limits, OriginPolicy
 from officerouter.rooms import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
+from officerouter.workers import (
+    SYSTEMD_VARIABLES,
+    WORKER_FD,
+    Supervisor,
+    Worker,
+    adopted_endpoint,
+    parent_watch,
+    parse_listener,
+    worker_count,
+)
 
 log = Logger()
 
@@ -81,6 +94,13 @@ def _seconds(name: str) -> Any:
         return number
 
     return coerce
+
+
+def _workers(value: str) -> int:
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise usage.UsageError("--workers must be auto or a whole number") from None
 
 
 class Options(usage.Options):
@@ -295,6 +315,34 @@ class Options(usage.Options):
             _seconds("history-seconds"),
         ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
+        [
+            "workers",
+            None,
+            None,
+            "Run N worker processes on one port, or auto: one per core (needs --redis).",
+            _workers,
+        ],
+        # --redis and --node-id: minimal here; the backplane gives them meaning.
+        [
+            "redis",
+            None,
+            None,
+            "Redis URL the processes share state through (default: REDIS_URL).",
+        ],
+        [
+            "node-id",
+            None,
+            None,
+            "Name of this process in logs, presence and /healthz "
+            "(default: host name and pid).",
+        ],
+        [
+            "adopt-fd",
+            None,
+            None,
+            "Internal, set by --workers: serve on this inherited listening socket.",
+            _positive_int("adopt-fd", 0),
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -311,6 +359,8 @@ class Options(usage.Options):
             history.startswith("sqlite:") and history[len("sqlite:") :]
         ):
             raise usage.UsageError("--history must be memory or sqlite:PATH")
+        if self["workers"] is not None and self["adopt-fd"] is not None:
+            raise usage.UsageError("--workers and --adopt-fd exclude each other")
         if self["log-format"] == "json" and self.parent is not None:
             # twistd reads its "logger" option after ours are parsed.
             self.parent["logger"] = "officerouter.logs.json_observer"
@@ -508,10 +558,133 @@ def prepare_settings(
     return load_settings(environ, env_file)
 
 
+def listening_endpoint(options: usage.Options, reactor: Any) -> Any:
+    """The endpoint ``--port`` names, or the socket ``--adopt-fd`` hands over.
+
+    :raises SystemExit: with one line, for an endpoint that cannot be used.
+    """
+    if options["adopt-fd"] is not None:
+        try:
+            return adopted_endpoint(reactor, options["adopt-fd"])
+        except ConfigError as e:
+            raise SystemExit(f"officerouter: {e}") from None
+    try:
+        return endpoints.serverFromString(reactor, options["port"])
+    except Exception as e:  # any parser's error: a bad --port is a config error
+        raise SystemExit(
+            f"officerouter: --port: {options['port']!r} is not a usable endpoint "
+            f"({e.__class__.__name__}: {e})"
+        ) from None
+
+
+#: Options the parent of --workers keeps: each worker gets its own instead.
+_PARENT_ONLY = frozenset({"workers", "port", "redis", "node-id", "adopt-fd"})
+
+
+def worker_arguments(options: usage.Options) -> list[str]:
+    """The officerouter options a worker is given: the parent's, except those
+    it keeps (:data:`_PARENT_ONLY`) and those left at their default.
+
+    No option holds a secret (``test_secrets_are_not_options``): secrets reach
+    the workers through their environment.
+    """
+    args: list[str] = []
+    for flag, *_ in Options.optFlags:
+        if flag is not None and options[flag]:
+            args.append(f"--{flag}")
+    for name, _short, default, *_rest in Options.optParameters:
+        value = options[name]
+        if name in _PARENT_ONLY or value is None or value == default:
+            continue
+        args += [f"--{name}", str(value)]
+    return args
+
+
+def supervisor_service(
+    options: usage.Options,
+    reactor: Any,
+    environ: MutableMapping[str, str],
+    cwd: Path,
+) -> service.IService:
+    """The parent of ``--workers``: one socket, N supervised ``twistd`` workers.
+
+    It checks what a worker would check, so that bad configuration is one line
+    and exit status 1 here rather than N workers failing in a restart loop, then
+    serves nobody itself: no registry, no Redis.
+
+    :param environ: the process environment; systemd's ``LISTEN_*`` variables
+        are taken out of it when read.
+    :raises SystemExit: with one line, for configuration that cannot work.
+    """
+    try:
+        env_file = resolve_env_file(options["env-file"], cwd)
+        existing = env_file if env_file is not None and env_file.exists() else None
+        redis = options["redis"] or configured(environ, existing, "REDIS_URL")
+        if not redis:
+            raise ConfigError(
+                "--workers",
+                "needs --redis URL (or REDIS_URL in the environment or env file): "
+                "the workers share rooms, history and presence through Redis",
+            )
+        if options["history"] != "memory":
+            raise ConfigError(
+                "--history",
+                "several workers cannot share one SQLite file; "
+                "leave --history out with --workers",
+            )
+        twistd = Path(sys.executable).parent / "twistd"
+        if not twistd.exists():
+            raise ConfigError(
+                "--workers", f"cannot start workers: {twistd} does not exist"
+            )
+        listener = parse_listener(options["port"], environ)
+        prepare_settings(options, dict(environ), cwd)
+        build_catalog()
+    except ConfigError as e:
+        raise SystemExit(f"officerouter: {e}") from None
+    node = options["node-id"] or f"{socket.gethostname()}-{os.getpid()}"
+    common = (
+        str(twistd),
+        "--nodaemon",
+        "--pidfile=",
+        "officerouter",
+        *worker_arguments(options),
+        "--adopt-fd",
+        str(WORKER_FD),
+    )
+    workers = [
+        Worker(f"{node}-{i}", (*common, "--node-id", f"{node}-{i}"))
+        for i in range(1, options["workers"] + 1)
+    ]
+    env = {k: v for k, v in environ.items() if k not in SYSTEMD_VARIABLES}
+    if options["redis"]:
+        # Through the environment: a URL may hold a password, and every
+        # worker's command line is visible in ps.
+        env["REDIS_URL"] = options["redis"]
+    exit_cleanly_on_signals(reactor)
+    top = service.MultiService()
+    Supervisor(
+        listener,
+        workers,
+        env,
+        processes=reactor,
+        clock=reactor,
+        stop_timeout=options["shutdown-timeout"],
+    ).setServiceParent(top)
+    if options["dev"]:
+        sys.stdout.flush()
+    return top
+
+
 def makeService(options: usage.Options) -> service.IService:
-    """Assemble the daemon: settings, registry, WebSocket factory, site, listener."""
+    """Assemble the daemon: settings, registry, WebSocket factory, site, listener.
+
+    With ``--workers``, the parent instead: see :func:`supervisor_service`.
+    """
     from twisted.internet import reactor
 
+    if options["workers"] is not None:
+        return supervisor_service(options, reactor, os.environ, Path.cwd())
     # Autobahn logs through txaio.  Our adapter logs every refusal and close
     # that matters with its reason and peer, once; Autobahn's info and warn lines
     # repeat them (a refused handshake would take three lines), and its debug
@@ -567,15 +740,11 @@ def makeService(options: usage.Options) -> service.IService:
         http_timeout=options["http-timeout"],
         access_log=bool(options["access-log"]),
     )
-    try:
-        endpoint = endpoints.serverFromString(reactor, options["port"])
-    except Exception as e:  # any parser's error: a bad --port is a config error
-        raise SystemExit(
-            f"officerouter: --port: {options['port']!r} is not a usable endpoint "
-            f"({e.__class__.__name__}: {e})"
-        ) from None
-    exit_cleanly_on_signals(reactor)
+    endpoint = listening_endpoint(options, reactor)
+    stop = exit_cleanly_on_signals(reactor)
     top = service.MultiService()
+    if options["adopt-fd"] is not None:
+        parent_watch(stop).setServiceParent(top)
     # Started before the listener (the store is open before anyone connects);
     # MultiService stops children in reverse order, so the listener stops first.
     RouterService(

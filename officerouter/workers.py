@@ -303,7 +303,7 @@ class Supervisor(service.Service):
     ) -> None:
         self._listener = listener
         self.workers = list(workers)
-        self._env = dict(env)
+        self.env = dict(env)
         self._processes = processes
         self._clock = clock
         self._stop_timeout = stop_timeout
@@ -345,7 +345,7 @@ class Supervisor(service.Service):
                 _WorkerProtocol(self, worker),
                 worker.args[0],
                 worker.args,
-                env=self._env,
+                env=self.env,
                 # Output goes straight to the parent's (the journal, a terminal).
                 childFDs={0: 0, 1: 1, 2: 2, WORKER_FD: self._socket.fileno()},
             )
