@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -603,7 +603,7 @@ def worker_arguments(options: usage.Options) -> list[str]:
 def supervisor_service(
     options: usage.Options,
     reactor: Any,
-    environ: MutableMapping[str, str],
+    environ: Mapping[str, str],
     cwd: Path,
 ) -> service.IService:
     """The parent of ``--workers``: one socket, N supervised ``twistd`` workers.
@@ -612,8 +612,7 @@ def supervisor_service(
     and exit status 1 here rather than N workers failing in a restart loop, then
     serves nobody itself: no registry, no Redis.
 
-    :param environ: the process environment; systemd's ``LISTEN_*`` variables
-        are taken out of it when read.
+    :param environ: the process environment.
     :raises SystemExit: with one line, for configuration that cannot work.
     """
     try:
@@ -637,7 +636,7 @@ def supervisor_service(
             raise ConfigError(
                 "--workers", f"cannot start workers: {twistd} does not exist"
             )
-        listener = parse_listener(options["port"], environ)
+        listener = parse_listener(options["port"], reactor)
         prepare_settings(options, dict(environ), cwd)
         build_catalog()
     except ConfigError as e:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -30,7 +30,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.systemd import ListenFDs
 
 from officerouter.config import ConfigError
 
@@ -68,7 +67,7 @@ def worker_count(value: str) -> int:
     if value == "auto":
         try:
             return len(os.sched_getaffinity(0))
-        except AttributeError:  # not on every platform
+        except (AttributeError, OSError):  # not on every platform, or filtered
             return os.cpu_count() or 1
     number = int(value)
     if number < 1:
@@ -161,11 +160,12 @@ def _number(description: str, text: str, what: str, low: int) -> int:
     return number
 
 
-def parse_listener(description: str, environ: MutableMapping[str, str]) -> Listener:
+def parse_listener(description: str, reactor: object) -> Listener:
     """The listener ``--port`` names, for ``--workers``.
 
-    :param environ: where systemd's ``LISTEN_*`` variables are read; Twisted
-        removes them once read, so that workers do not see them.
+    :param reactor: for Twisted's ``systemd:`` parser, which finds the sockets
+        systemd passed (it reads, and removes, ``LISTEN_PID`` and ``LISTEN_FDS``
+        when ``twisted.internet.endpoints`` is imported).
     :raises ConfigError: for another kind of endpoint, or a malformed one.
     """
     kind, *fields = _split(description)
@@ -184,22 +184,19 @@ def parse_listener(description: str, environ: MutableMapping[str, str]) -> Liste
             backlog=_number(description, backlog, "backlog", 1),
             family=socket.AF_INET6 if ipv6 else socket.AF_INET,
         )
-    if kind == "systemd":
-        if (
-            args
-            or set(kwargs) != {"domain", "index"}
-            or kwargs["domain"] not in ("INET", "INET6")
-        ):
-            raise ConfigError("--port", f"{description!r}: {_SUPPORTED}")
-        index = _number(description, kwargs["index"], "index", 0)
-        fds = ListenFDs.fromEnvironment(environ=environ).inheritedDescriptors()
-        if index >= len(fds):
+    if kind == "systemd" and kwargs.get("domain") in ("INET", "INET6"):
+        try:
+            endpoint = endpoints.serverFromString(reactor, description)
+        except (IndexError, KeyError):
             raise ConfigError(
                 "--port",
-                f"{description!r}: systemd passed {len(fds)} sockets; start the "
+                f"{description!r}: systemd passed no such socket; start the "
                 "service through its socket unit (contrib/officerouter.socket)",
-            )
-        return InheritedListener(fds[index])
+            ) from None
+        except Exception:  # any parser's error: the string is malformed
+            endpoint = None
+        if isinstance(endpoint, endpoints.AdoptedStreamServerEndpoint):
+            return InheritedListener(endpoint.fileno)
     raise ConfigError("--port", f"{description!r}: {_SUPPORTED}")
 
 

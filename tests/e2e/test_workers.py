@@ -7,6 +7,7 @@ found through ``/proc`` as the parent's child processes.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -169,3 +170,61 @@ async def test_workers_share_one_port_are_restarted_and_drain(tmp_path, redis_ur
     assert log.count("all workers stopped") == 1
     for secret in (values["CF_ACCESS_CLIENT_SECRET"], values["JWT_PRIVATE_KEY"]):
         assert secret not in log
+
+
+SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="needs systemd-socket-activate")
+@pytest_twisted.ensureDeferred
+async def test_workers_serve_a_socket_from_systemd(tmp_path, redis_url):
+    """Under socket activation (as contrib/officerouter-workers.service runs it) the
+    workers serve systemd's socket, without systemd's variables; SIGTERM exits 0."""
+    assert SOCKET_ACTIVATE is not None
+    env_file, _values = write_env_file(tmp_path)
+    port = free_port()
+    daemon = Daemon()
+    process = reactor.spawnProcess(
+        daemon,
+        SOCKET_ACTIVATE,
+        [
+            SOCKET_ACTIVATE,
+            f"--listen=127.0.0.1:{port}",
+            "--fdname=officerouter.socket",
+            "--setenv=REDIS_URL",
+            *twistd_command(
+                "--workers",
+                "2",
+                "--port",
+                "systemd:domain=INET:index=0",
+                "--env-file",
+                str(env_file),
+            ),
+        ],
+        env={**clean_environ(), "REDIS_URL": redis_url},
+        path=str(tmp_path),
+    )
+    seen: set[int] = set()
+    try:
+        await until(lambda: "Listening on" in daemon.text, STARTUP_TIMEOUT)
+        # The first connection starts the daemon; it waits in the backlog.
+        assert await healthz(port) == 200
+        await until(lambda: daemon.text.count(STARTED) == 2, STARTUP_TIMEOUT)
+        seen = children(process.pid)
+        assert len(seen) == 2
+        for pid in seen:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes()
+            assert b"LISTEN_" not in environ
+        assert await healthz(port) == 200
+        process.signalProcess("TERM")
+        ended = await daemon.ended.addTimeout(30, reactor)
+        assert isinstance(ended, error.ProcessDone), daemon.text
+        assert not [pid for pid in seen if alive(pid)]
+    finally:
+        if not daemon.ended.called:
+            process.signalProcess("KILL")
+            await daemon.ended
+        for pid in seen:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in daemon.text

@@ -16,6 +16,7 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
+from twisted.python.systemd import ListenFDs
 
 from officerouter import workers
 from officerouter.config import ConfigError
@@ -63,7 +64,7 @@ def test_worker_count_is_a_whole_number_of_at_least_one():
 )
 def test_tcp_endpoints_are_parsed_as_twisted_does(description, expected):
     """tcp: and tcp6: strings give port, interface, backlog (Twisted's default 50) and family."""
-    assert workers.parse_listener(description, {}) == expected
+    assert workers.parse_listener(description, reactor=None) == expected
 
 
 @pytest.mark.parametrize(
@@ -77,36 +78,41 @@ def test_tcp_endpoints_are_parsed_as_twisted_does(description, expected):
         "tcp:8787:backlog=0",
         "systemd:domain=UNIX:index=0",
         "systemd:domain=INET",
-        "systemd:domain=INET:name=web",
+        "systemd:domain=INET:index=zero",
     ],
 )
 def test_other_endpoints_are_refused_for_workers(description):
     """Endpoints the parent cannot hand over are a ConfigError naming --port and the choices."""
     with pytest.raises(ConfigError) as info:
-        workers.parse_listener(description, {})
+        workers.parse_listener(description, reactor=None)
     assert info.value.variable == "--port"
     assert description in str(info.value)
     assert "\n" not in str(info.value)
 
 
-def test_systemd_socket_is_found_and_its_variables_taken():
-    """systemd:...:index=N is descriptor 3+N; LISTEN_PID and LISTEN_FDS leave the environment."""
-    environ = {
-        "LISTEN_PID": str(os.getpid()),
-        "LISTEN_FDS": "2",
-        "LISTEN_FDNAMES": "officerouter.socket:other.socket",
-        "PATH": "/bin",
-    }
-    listener = workers.parse_listener("systemd:domain=INET6:index=1", environ)
-    assert listener == InheritedListener(4)
-    assert "LISTEN_PID" not in environ
-    assert "LISTEN_FDS" not in environ
+@pytest.mark.parametrize(
+    ("description", "fd"),
+    [
+        ("systemd:domain=INET:index=0", 3),
+        ("systemd:domain=INET6:index=1", 4),
+        ("systemd:domain=INET:name=officerouter.socket", 3),
+    ],
+)
+def test_systemd_socket_is_the_one_twisted_finds(monkeypatch, description, fd):
+    """systemd: strings name the descriptor Twisted's own systemd endpoint would adopt."""
+    # Twisted reads systemd's variables once, when endpoints is imported.
+    sockets = ListenFDs([3, 4], ("officerouter.socket", "other.socket"))
+    monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon", sockets)
+    assert workers.parse_listener(description, reactor=None) == InheritedListener(fd)
 
 
-def test_systemd_endpoint_without_systemd_names_the_socket_unit():
+@pytest.mark.parametrize(
+    "description", ["systemd:domain=INET:index=0", "systemd:domain=INET:name=web"]
+)
+def test_systemd_endpoint_without_systemd_names_the_socket_unit(description):
     """Without socket activation the error says to start through the socket unit."""
-    with pytest.raises(ConfigError, match=r"passed 0 sockets.*officerouter\.socket"):
-        workers.parse_listener("systemd:domain=INET:index=0", {})
+    with pytest.raises(ConfigError, match=r"no such socket.*officerouter\.socket"):
+        workers.parse_listener(description, reactor=None)
 
 
 # ---------------------------------------------------------------- adopted_endpoint
