@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from officerouter import codes
+from officerouter import codes, logs
 from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.catalog import build_catalog
@@ -682,6 +682,8 @@ def makeService(options: usage.Options) -> service.IService:
     """
     from twisted.internet import reactor
 
+    if options["node-id"]:
+        logs.set_node(options["node-id"])
     if options["workers"] is not None:
         return supervisor_service(options, reactor, os.environ, Path.cwd())
     # Autobahn logs through txaio.  Our adapter logs every refusal and close

@@ -642,3 +642,21 @@ def test_a_worker_handed_no_socket_exits_cleanly(valid_env_file, tmp_path):
             parse("--env-file", str(valid_env_file), "--adopt-fd", str(f.fileno()))
         )
     assert str(info.value.code).startswith("officerouter: --adopt-fd: descriptor ")
+
+
+def test_node_id_names_the_process_in_json_logs(valid_env_file):
+    """--node-id (as each worker gets) becomes the ``node`` of every JSON log line."""
+    try:
+        tap.makeService(
+            parse(
+                "--env-file",
+                str(valid_env_file),
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--node-id",
+                "office-2",
+            )
+        )
+        assert logs.node() == "office-2"
+    finally:
+        logs.set_node(None)
