@@ -6,7 +6,9 @@ Names are those of the original deployment (``CONN_JWT_PUBLIC_KEY``,
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -20,6 +22,12 @@ DEFAULT_ENV_FILE = ".dev.vars"
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 # A quoted value, optionally followed by a comment: KEY="a b"  # note
 _QUOTED = re.compile(r"^([\"'])(.*?)\1(?:\s+#.*)?$")
+
+
+def default_node_id() -> str:
+    """This process's default name (``--node-id``): its host name and pid."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.getpid()}"
 
 
 class ConfigError(Exception):
@@ -139,6 +147,17 @@ def _merged(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]
     # The environment wins over the file.
     values.update({k: v for k, v in environ.items() if v != ""})
     return values
+
+
+def configured(
+    environ: Mapping[str, str], env_file: Path | None, name: str
+) -> str | None:
+    """One variable as :func:`load_settings` sees it: the environment over the
+    file, the empty string as unset.
+
+    :raises ConfigError: for an unreadable or malformed env file.
+    """
+    return _merged(environ, env_file).get(name) or None
 
 
 def has_verify_keys(environ: Mapping[str, str], env_file: Path | None) -> bool:

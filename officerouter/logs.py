@@ -8,10 +8,7 @@ and ``traceback`` when the event carries a failure.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import socket
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -24,6 +21,8 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.failure import Failure
+
+from officerouter.config import default_node_id
 
 #: The keys every line starts with; an event field of the same name is written
 #: with the prefix ``event_`` so that it neither hides them nor is lost.
@@ -46,7 +45,7 @@ def set_node(name: str | None) -> None:
     """Name this process in every JSON log line from now on.
 
     The one place the ``node`` field comes from; ``None`` restores the default,
-    ``HOSTNAME:PID``.  It may be called before or after twistd starts logging
+    ``HOSTNAME-PID`` (:func:`~officerouter.config.default_node_id`).  It may be called before or after twistd starts logging
     (``makeService`` runs first): each line reads it as it is written.
     """
     global _node
@@ -54,19 +53,14 @@ def set_node(name: str | None) -> None:
 
 
 def node() -> str:
-    """The ``node`` of the JSON log lines: :func:`set_node`'s name, or ``HOSTNAME:PID``.
+    """The ``node`` of the JSON log lines: :func:`set_node`'s name, or ``HOSTNAME-PID``.
 
     The process id is read per call: twistd starts logging before it forks to
     daemonize.
     """
     if _node is not None:
         return _node
-    return f"{_hostname()}:{os.getpid()}"
-
-
-@functools.cache
-def _hostname() -> str:
-    return socket.gethostname()
+    return default_node_id()
 
 
 def _text(value: object) -> str:

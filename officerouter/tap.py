@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
-from officerouter import codes
+from officerouter import codes, logs
 from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.backplane import Backplane, LocalBackplane
@@ -27,6 +27,8 @@ from officerouter.config import (
     DEFAULT_ENV_FILE,
     ConfigError,
     Settings,
+    configured,
+    default_node_id,
     has_verify_keys,
     load_settings,
 )
@@ -39,6 +41,16 @@ from officerouter.redis_client import RedisLink
 from officerouter.registry import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
+from officerouter.workers import (
+    SYSTEMD_VARIABLES,
+    WORKER_FD,
+    Supervisor,
+    Worker,
+    adopted_endpoint,
+    parent_watch,
+    parse_listener,
+    worker_count,
+)
 
 log = Logger()
 
@@ -86,6 +98,13 @@ def _seconds(name: str) -> Any:
         return number
 
     return coerce
+
+
+def _workers(value: str) -> int:
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise usage.UsageError("--workers must be auto or a whole number") from None
 
 
 class Options(usage.Options):
@@ -335,11 +354,25 @@ class Options(usage.Options):
             _number("heartbeat-timeout", 3),
         ],
         [
+            "workers",
+            None,
+            None,
+            "Run N worker processes on one port, or auto: one per core (needs --redis).",
+            _workers,
+        ],
+        [
             "node-id",
             None,
             None,
             "Name of this process in logs, presence and /healthz "
             "(default: host name and pid).",
+        ],
+        [
+            "adopt-fd",
+            None,
+            None,
+            "Internal, set by --workers: serve on this inherited listening socket.",
+            _positive_int("adopt-fd", 0),
         ],
     ]
 
@@ -365,6 +398,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--redis-prefix must be 1 to 64 letters, digits, '.', '_', ':' or '-'"
             )
+        if self["workers"] is not None and self["adopt-fd"] is not None:
+            raise usage.UsageError("--workers and --adopt-fd exclude each other")
         if self["log-format"] == "json" and self.parent is not None:
             # twistd reads its "logger" option after ours are parsed.
             self.parent["logger"] = "officerouter.logs.json_observer"
@@ -439,23 +474,49 @@ def history_store(option: str, reactor: Any) -> HistoryStore:
     return SQLiteStore(path.absolute(), clock=reactor, runner=PoolRunner(reactor))
 
 
-def exit_cleanly_on_signals(reactor: Any) -> None:
+class GracefulStop:
+    """Stop the reactor once, gracefully, whatever asks first.
+
+    A terminal's Ctrl+C reaches a whole process group, so a ``--workers`` child
+    gets SIGINT from the terminal and SIGTERM from its parent; a second request
+    while stopping is logged and ignored (the reactor refuses a second stop).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.stopping = False
+
+    def __call__(self, why: str, **fields: str) -> None:
+        """Stop, saying why; ``fields`` go into the log event (``signal``)."""
+        if self.stopping:
+            log.info("{why}: already shutting down", why=why, **fields)
+            return
+        self.stopping = True
+        log.info("{why}, shutting down", why=why, **fields)
+        self._reactor.stop()
+
+
+def exit_cleanly_on_signals(reactor: Any) -> GracefulStop:
     """Stop gracefully on SIGTERM and SIGINT, and exit with status 0.
 
     twistd's own handlers re-raise the signal after shutdown, so the process
     would end "killed by SIGTERM"; a graceful stop is a success for us.
     Installed once the reactor runs, over twistd's handlers.
+
+    :returns: the stop the handlers call, for others to share.
     """
+    stop = GracefulStop(reactor)
 
     def handler(number: int, frame: object) -> None:
-        log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
-        reactor.callFromThread(reactor.stop)
+        name = signal.Signals(number).name
+        reactor.callFromThread(stop, f"received {name}", signal=name)
 
     def install() -> None:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
     reactor.callWhenRunning(install)
+    return stop
 
 
 def limits_from(options: usage.Options) -> Limits:
@@ -540,12 +601,6 @@ def prepare_settings(
     return load_settings(environ, env_file)
 
 
-def default_node_id() -> str:
-    """This process's default name: its host name and pid."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "node"
-    return f"{host}-{os.getpid()}"
-
-
 class BackplaneService(service.Service):
     """The cluster's Redis: connected before the daemon listens, left after it stopped.
 
@@ -608,10 +663,134 @@ class ListenWhenReady(service.Service):
         return None
 
 
+def listening_endpoint(options: usage.Options, reactor: Any) -> Any:
+    """The endpoint ``--port`` names, or the socket ``--adopt-fd`` hands over.
+
+    :raises SystemExit: with one line, for an endpoint that cannot be used.
+    """
+    if options["adopt-fd"] is not None:
+        try:
+            return adopted_endpoint(reactor, options["adopt-fd"])
+        except ConfigError as e:
+            raise SystemExit(f"officerouter: {e}") from None
+    try:
+        return endpoints.serverFromString(reactor, options["port"])
+    except Exception as e:  # any parser's error: a bad --port is a config error
+        raise SystemExit(
+            f"officerouter: --port: {options['port']!r} is not a usable endpoint "
+            f"({e.__class__.__name__}: {e})"
+        ) from None
+
+
+#: Options the parent of --workers keeps: each worker gets its own instead.
+_PARENT_ONLY = frozenset({"workers", "port", "redis", "node-id", "adopt-fd"})
+
+
+def worker_arguments(options: usage.Options) -> list[str]:
+    """The officerouter options a worker is given: the parent's, except those
+    it keeps (:data:`_PARENT_ONLY`) and those left at their default.
+
+    No option holds a secret (``test_secrets_are_not_options``): secrets reach
+    the workers through their environment.
+    """
+    args: list[str] = []
+    for flag, *_ in Options.optFlags:
+        if flag is not None and options[flag]:
+            args.append(f"--{flag}")
+    for name, _short, default, *_rest in Options.optParameters:
+        value = options[name]
+        if name in _PARENT_ONLY or value is None or value == default:
+            continue
+        args += [f"--{name}", str(value)]
+    return args
+
+
+def supervisor_service(
+    options: usage.Options,
+    reactor: Any,
+    environ: Mapping[str, str],
+    cwd: Path,
+) -> service.IService:
+    """The parent of ``--workers``: one socket, N supervised ``twistd`` workers.
+
+    It checks what a worker would check, so that bad configuration is one line
+    and exit status 1 here rather than N workers failing in a restart loop, then
+    serves nobody itself: no registry, no Redis.
+
+    :param environ: the process environment.
+    :raises SystemExit: with one line, for configuration that cannot work.
+    """
+    try:
+        env_file = resolve_env_file(options["env-file"], cwd)
+        existing = env_file if env_file is not None and env_file.exists() else None
+        redis = options["redis"] or configured(environ, existing, "REDIS_URL")
+        if not redis:
+            raise ConfigError(
+                "--workers",
+                "needs --redis URL (or REDIS_URL in the environment or env file): "
+                "the workers share rooms, history and presence through Redis",
+            )
+        if options["history"] != "memory":
+            raise ConfigError(
+                "--history",
+                "several workers cannot share one SQLite file; "
+                "leave --history out with --workers",
+            )
+        twistd = Path(sys.executable).parent / "twistd"
+        if not twistd.exists():
+            raise ConfigError(
+                "--workers", f"cannot start workers: {twistd} does not exist"
+            )
+        listener = parse_listener(options["port"], reactor)
+        prepare_settings(options, dict(environ), cwd)
+        build_catalog()
+    except ConfigError as e:
+        raise SystemExit(f"officerouter: {e}") from None
+    node = options["node-id"] or default_node_id()
+    common = (
+        str(twistd),
+        "--nodaemon",
+        "--pidfile=",
+        "officerouter",
+        *worker_arguments(options),
+        "--adopt-fd",
+        str(WORKER_FD),
+    )
+    workers = [
+        Worker(f"{node}-{i}", (*common, "--node-id", f"{node}-{i}"))
+        for i in range(1, options["workers"] + 1)
+    ]
+    env = {k: v for k, v in environ.items() if k not in SYSTEMD_VARIABLES}
+    if options["redis"]:
+        # Through the environment: a URL may hold a password, and every
+        # worker's command line is visible in ps.
+        env["REDIS_URL"] = options["redis"]
+    exit_cleanly_on_signals(reactor)
+    top = service.MultiService()
+    Supervisor(
+        listener,
+        workers,
+        env,
+        processes=reactor,
+        clock=reactor,
+        stop_timeout=options["shutdown-timeout"],
+    ).setServiceParent(top)
+    if options["dev"]:
+        sys.stdout.flush()
+    return top
+
+
 def makeService(options: usage.Options) -> service.IService:
-    """Assemble the daemon: settings, registry, WebSocket factory, site, listener."""
+    """Assemble the daemon: settings, registry, WebSocket factory, site, listener.
+
+    With ``--workers``, the parent instead: see :func:`supervisor_service`.
+    """
     from twisted.internet import reactor
 
+    if options["node-id"]:
+        logs.set_node(options["node-id"])
+    if options["workers"] is not None:
+        return supervisor_service(options, reactor, os.environ, Path.cwd())
     # Autobahn logs through txaio.  Our adapter logs every refusal and close
     # that matters with its reason and peer, once; Autobahn's info and warn lines
     # repeat them (a refused handshake would take three lines), and its debug
@@ -700,15 +879,11 @@ def makeService(options: usage.Options) -> service.IService:
         http_timeout=options["http-timeout"],
         access_log=bool(options["access-log"]),
     )
-    try:
-        endpoint = endpoints.serverFromString(reactor, options["port"])
-    except Exception as e:  # any parser's error: a bad --port is a config error
-        raise SystemExit(
-            f"officerouter: --port: {options['port']!r} is not a usable endpoint "
-            f"({e.__class__.__name__}: {e})"
-        ) from None
-    exit_cleanly_on_signals(reactor)
+    endpoint = listening_endpoint(options, reactor)
+    stop = exit_cleanly_on_signals(reactor)
     top = service.MultiService()
+    if options["adopt-fd"] is not None:
+        parent_watch(stop).setServiceParent(top)
     listener = StreamServerEndpointService(endpoint, site)
     # MultiService starts children in order and stops them in reverse: Redis is
     # connected and the store open before anyone connects; the listener stops

@@ -9,7 +9,7 @@ listening: pytest does not flag a dirty reactor the way trial does.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import jwt
@@ -26,6 +26,7 @@ from tests.loopback import (
     Router,
     start_router,
 )
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +107,17 @@ async def router(
         # Also stops the registry, as the daemon does once its connections are
         # gone: the rooms' timers (presence grace, history expiry) are cancelled.
         await r.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a free port, stopped afterwards.
+
+    The test may stop, kill and start it again (``stop``, ``kill``, ``start``).
+    """
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import treq
-from twisted.internet import error
+from autobahn.twisted.websocket import WebSocketClientFactory
+from twisted.internet import endpoints, error, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from officerouter.auth import dev_vars, sign_token
 from officerouter.config import read_env_file, unescape_pem
+from tests.loopback import TIMEOUT, Client
 
 #: The ``twistd`` installed beside the Python running the tests.
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -129,3 +131,18 @@ async def handshake(port: int, token: str) -> int:
     await response.content()
     code: int = response.code
     return code
+
+
+async def open_client(port: int, token: str) -> Client:
+    """A real WebSocket client of the daemon, once it has its ``connected`` frame."""
+    factory = WebSocketClientFactory(
+        f"ws://127.0.0.1:{port}/websocket", protocols=[token]
+    )
+    factory.protocol = Client
+    factory.opened = Deferred()
+    factory.opened.addTimeout(TIMEOUT, reactor)
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    await endpoint.connect(factory)
+    client: Client = await factory.opened
+    client.welcome = await client.next()
+    return client

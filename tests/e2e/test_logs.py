@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -24,6 +23,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from officerouter.config import default_node_id
 from tests.daemon import (
     STARTUP_TIMEOUT,
     TWISTD,
@@ -211,7 +211,7 @@ async def test_installed_daemon_writes_one_json_object_per_line(tmp_path: Path):
         assert {"time", "level", "namespace", "node", "message"} <= record.keys()
         assert not [key for key in record if key.startswith("log_")], record
         assert record["level"] in {"debug", "info", "warn", "error", "critical"}
-        assert record["node"] == f"{socket.gethostname()}:{pid}"
+        assert record["node"] == f"{default_node_id().rsplit('-', 1)[0]}-{pid}"
         assert isinstance(record["namespace"], str)
         assert isinstance(record["message"], str)
         assert record["time"].endswith("Z")

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet import endpoints, error, reactor
-from twisted.internet.defer import Deferred
+from twisted.internet import error, reactor
 
 from tests.daemon import (
     STARTUP_TIMEOUT,
@@ -24,31 +22,17 @@ from tests.daemon import (
     Daemon,
     clean_environ,
     handshake,
+    open_client,
     post,
     signed,
     twistd_command,
     write_env_file,
 )
-from tests.loopback import TIMEOUT, Client
+from tests.loopback import Client
 
 pytestmark = pytest.mark.e2e
 
 ORG = "org-123"
-
-
-async def open_client(port: int, token: str) -> Client:
-    """A real WebSocket client of the daemon, once it has its ``connected`` frame."""
-    factory = WebSocketClientFactory(
-        f"ws://127.0.0.1:{port}/websocket", protocols=[token]
-    )
-    factory.protocol = Client
-    factory.opened = Deferred()
-    factory.opened.addTimeout(TIMEOUT, reactor)
-    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    await endpoint.connect(factory)
-    client: Client = await factory.opened
-    client.welcome = await client.next()
-    return client
 
 
 @pytest_twisted.ensureDeferred

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import socket
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +16,7 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from officerouter import logs
+from officerouter.config import default_node_id
 
 
 def strict_loads(line: str) -> dict[str, Any]:
@@ -85,7 +84,7 @@ def test_a_line_carries_time_level_namespace_node_message_and_fields(log, out):
         "time": line["time"],
         "level": "info",
         "namespace": "officerouter.test",
-        "node": f"{socket.gethostname()}:{os.getpid()}",
+        "node": default_node_id(),
         "message": "refused connection from tcp4:127.0.0.1:5000: 401 token expired",
         "peer": "tcp4:127.0.0.1:5000",
         "status": 401,
@@ -267,7 +266,7 @@ def test_the_node_name_comes_from_set_node(log, out):
     log.info("b")
     first, second = lines(out)
     assert first["node"] == "router-eu-1"
-    assert second["node"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert second["node"] == default_node_id()
     assert logs.node() == second["node"]
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import reactor
+from twisted.internet import endpoints, reactor
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.python.reflect import namedAny
 
@@ -394,3 +398,265 @@ def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
     message = str(info.value.code)
     assert message.startswith("officerouter: --port: ")
     assert "\n" not in message
+
+
+# ---------------------------------------------------------------- signals
+
+
+class StoppableReactor:
+    """Counts stops, and refuses a second one as a real reactor does."""
+
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def stop(self) -> None:
+        if self.stops:
+            raise ReactorNotRunning("Can't stop reactor that isn't running.")
+        self.stops += 1
+
+
+def test_a_second_stop_request_is_ignored():
+    """SIGINT from a terminal then SIGTERM from a parent stop the reactor once, logging both."""
+    reactor = StoppableReactor()
+    stop = tap.GracefulStop(reactor)
+    with capturedLogs() as events:
+        stop("received SIGINT")
+        stop("received SIGTERM")
+    assert reactor.stops == 1
+    assert stop.stopping
+    assert [e["why"] for e in events] == ["received SIGINT", "received SIGTERM"]
+    assert "already" in events[1]["log_format"]
+
+
+# ---------------------------------------------------------------- --workers
+
+
+class StartingReactor:
+    """Records what would run once the reactor starts; runs nothing."""
+
+    def __init__(self) -> None:
+        self.when_running: list[object] = []
+
+    def callWhenRunning(self, f: object, *args: object) -> None:
+        self.when_running.append(f)
+
+
+@pytest.fixture
+def env_values(rsa_keys: tuple[str, str]) -> dict[str, str]:
+    """A complete configuration, as an env file holds it."""
+    return {
+        "CONN_JWT_PUBLIC_KEY": one_line(rsa_keys[1]),
+        "CF_ACCESS_CLIENT_ID": "id-0123",
+        "CF_ACCESS_CLIENT_SECRET": "secret-4567",
+    }
+
+
+def write_env(path: Path, values: dict[str, str]) -> Path:
+    path.write_text("".join(f'{k}="{v}"\n' for k, v in values.items()))
+    return path
+
+
+def supervise(cwd: Path, environ: dict[str, str], *args: str) -> tap.Supervisor:
+    """The parent's service for ``officerouter ARGS``, with nothing started."""
+    reactor = StartingReactor()
+    top = tap.supervisor_service(parse(*args), reactor, environ, cwd)
+    (supervisor,) = list(top)
+    assert isinstance(supervisor, tap.Supervisor)
+    assert not supervisor.running
+    # The parent, too, exits 0 on SIGTERM.
+    assert len(reactor.when_running) == 1
+    return supervisor
+
+
+def test_workers_option():
+    """--workers takes a number or auto (one per usable core); nothing without it."""
+    assert parse()["workers"] is None
+    assert parse("--workers", "3")["workers"] == 3
+    assert parse("--workers", "auto")["workers"] == len(os.sched_getaffinity(0))
+    for bad in ("0", "many"):
+        with pytest.raises(usage.UsageError, match="--workers must be auto or"):
+            parse("--workers", bad)
+    with pytest.raises(usage.UsageError, match="exclude each other"):
+        parse("--workers", "2", "--adopt-fd", "3")
+
+
+def test_workers_without_redis_are_refused_with_one_line(tmp_path, env_values):
+    """--workers without --redis or REDIS_URL exits 1 with one line, before starting anything."""
+    env_file = write_env(tmp_path / "router.env", env_values)
+    with pytest.raises(SystemExit) as info:
+        supervise(tmp_path, {}, "--workers", "2", "--env-file", str(env_file))
+    message = info.value.code
+    assert isinstance(message, str)
+    assert message.startswith("officerouter: --workers: needs --redis")
+    assert "REDIS_URL" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "where", ["option", "environment", "env file", "default env file"]
+)
+def test_workers_find_redis_as_the_router_does(tmp_path, env_values, where):
+    """REDIS_URL may come from --redis, the environment, --env-file or .dev.vars."""
+    args = ["--workers", "1"]
+    environ: dict[str, str] = {}
+    url = "redis://10.0.0.5:6379/0"
+    if where == "option":
+        args += ["--redis", url]
+    elif where == "environment":
+        environ["REDIS_URL"] = url
+    elif where == "env file":
+        env_values = {**env_values, "REDIS_URL": url}
+    if where == "default env file":
+        write_env(tmp_path / ".dev.vars", {**env_values, "REDIS_URL": url})
+    else:
+        args += ["--env-file", str(write_env(tmp_path / "router.env", env_values))]
+    supervisor = supervise(tmp_path, environ, *args)
+    (worker,) = supervisor.workers
+    assert "--redis" not in worker.args
+    assert url not in worker.args
+
+
+def test_workers_check_the_configuration_first(tmp_path):
+    """A configuration a worker would refuse is refused by the parent, in one line."""
+    with pytest.raises(SystemExit) as info:
+        supervise(tmp_path, {"REDIS_URL": "redis://r"}, "--workers", "2")
+    assert str(info.value.code).startswith("officerouter: CONN_JWT_PUBLIC_KEY: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "prefix"),
+    [
+        (["--port", "ssl:8443:privateKey=k.pem"], "officerouter: --port: 'ssl:"),
+        (["--port", "unix:/run/o.sock"], "officerouter: --port: 'unix:"),
+        (["--port", "systemd:domain=INET:index=0"], "officerouter: --port: 'systemd:"),
+        (["--history", "sqlite:/var/lib/h.sqlite"], "officerouter: --history: "),
+    ],
+)
+def test_workers_refuse_what_they_cannot_share(tmp_path, env_values, args, prefix):
+    """Endpoints the parent cannot hand over, and one SQLite file for all, are one line each."""
+    environ = {**env_values, "REDIS_URL": "redis://r"}
+    with pytest.raises(SystemExit) as info:
+        supervise(tmp_path, environ, "--workers", "2", *args)
+    message = str(info.value.code)
+    assert message.startswith(prefix)
+    assert "\n" not in message
+
+
+def test_worker_command_lines(tmp_path, env_values):
+    """Each worker runs the installed twistd with the parent's options but --workers,
+    --port and --redis, adopts fd 3, and is named NODE-i; no secret is on them."""
+    secret_url = "redis://:hunter2@10.0.0.5:6379/0"
+    env_file = write_env(tmp_path / "router.env", env_values)
+    environ = {
+        "PATH": "/usr/bin",
+        "LISTEN_FDNAMES": "officerouter.socket",
+    }
+    supervisor = supervise(
+        tmp_path,
+        environ,
+        "--workers",
+        "3",
+        "--port",
+        "tcp:0:interface=127.0.0.1:backlog=1024",
+        "--env-file",
+        str(env_file),
+        "--redis",
+        secret_url,
+        "--node-id",
+        "office-a",
+        "--auto-knock",
+        "--max-connections",
+        "5000",
+        "--ping-interval",
+        "12.5",
+        "--log-format",
+        "json",
+        "--allowed-origins",
+        "https://app.example.com",
+    )
+    twistd = str(Path(sys.executable).parent / "twistd")
+    assert [w.name for w in supervisor.workers] == [
+        "office-a-1",
+        "office-a-2",
+        "office-a-3",
+    ]
+    for i, worker in enumerate(supervisor.workers, start=1):
+        assert list(worker.args) == [
+            twistd,
+            "--nodaemon",
+            "--pidfile=",
+            "officerouter",
+            "--auto-knock",
+            "--env-file",
+            str(env_file),
+            "--ping-interval",
+            "12.5",
+            "--max-connections",
+            "5000",
+            "--allowed-origins",
+            "https://app.example.com",
+            "--log-format",
+            "json",
+            "--adopt-fd",
+            "3",
+            "--node-id",
+            f"office-a-{i}",
+        ]
+        # Parsed back, the worker gets the parent's values.
+        options = parse(*worker.args[4:])
+        assert options["ping-interval"] == 12.5
+        assert options["adopt-fd"] == 3
+        command_line = " ".join(worker.args)
+        for secret in [*env_values.values(), "hunter2"]:
+            assert secret not in command_line
+    # The URL reaches the workers through their environment; systemd's
+    # variables, meant for the parent, do not.
+    assert supervisor.env == {"PATH": "/usr/bin", "REDIS_URL": secret_url}
+
+
+def test_workers_are_named_after_the_host_and_parent_pid(tmp_path, env_values):
+    """Without --node-id, workers are HOST-PID-1..N."""
+    environ = {**env_values, "REDIS_URL": "redis://r"}
+    supervisor = supervise(tmp_path, environ, "--workers", "2")
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    assert [w.name for w in supervisor.workers] == [f"{base}-1", f"{base}-2"]
+    assert supervisor.workers[1].args[-2:] == ("--node-id", f"{base}-2")
+
+
+def test_a_worker_serves_on_the_socket_it_was_handed(valid_env_file):
+    """--adopt-fd: the listener adopts that descriptor, and the worker watches its parent."""
+    with socket.socket() as sock:
+        top = tap.makeService(
+            parse("--env-file", str(valid_env_file), "--adopt-fd", str(sock.fileno()))
+        )
+        (listener,) = [c for c in top if isinstance(c, StreamServerEndpointService)]
+        assert isinstance(listener.endpoint, endpoints.AdoptedStreamServerEndpoint)
+        assert listener.endpoint.fileno == sock.fileno()
+        assert any(c.step == 1.0 for c in top if isinstance(c, TimerService))
+
+
+def test_a_worker_handed_no_socket_exits_cleanly(valid_env_file, tmp_path):
+    """--adopt-fd naming something other than a socket is one line naming the option."""
+    with (tmp_path / "f").open("w") as f, pytest.raises(SystemExit) as info:
+        tap.makeService(
+            parse("--env-file", str(valid_env_file), "--adopt-fd", str(f.fileno()))
+        )
+    assert str(info.value.code).startswith("officerouter: --adopt-fd: descriptor ")
+
+
+def test_node_id_names_the_process_in_json_logs(valid_env_file):
+    """--node-id (as each worker gets) becomes the ``node`` of every JSON log line."""
+    try:
+        tap.makeService(
+            parse(
+                "--env-file",
+                str(valid_env_file),
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--node-id",
+                "office-2",
+            )
+        )
+        assert logs.node() == "office-2"
+    finally:
+        logs.set_node(None)
