@@ -19,7 +19,7 @@ Sans-IO: no reactor, no sockets here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 from typing import Protocol as TypingProtocol
 
@@ -171,6 +171,10 @@ class Backplane(TypingProtocol):
         """Why the backplane cannot take work now, or ``None`` when it can."""
         ...
 
+    def watch(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(available)`` whenever the backplane goes or comes back."""
+        ...
+
     def attach(self, room: OrgFeed) -> defer.Deferred[StreamState | None]:
         """Start serving an org on this process.
 
@@ -225,6 +229,9 @@ class LocalBackplane:
 
     def unavailable(self) -> str | None:
         return None
+
+    def watch(self, callback: Callable[[bool], None]) -> None:
+        pass
 
     def attach(self, room: OrgFeed) -> defer.Deferred[StreamState | None]:
         self._rooms[room.org_id] = room

@@ -47,6 +47,7 @@ from officerouter.backplane import (
     StreamState,
     merge_entries,
 )
+from officerouter.config import RedisTarget
 from officerouter.effects import Action, CloseUser, SetRole
 from officerouter.history import HistoryBounds
 from officerouter.messages import PositionUpdate, PresenceUser
@@ -192,7 +193,8 @@ class _Org:
 class RedisBackplane:
     """Numbering, history, presence and bans in one Redis, for many processes.
 
-    :param link: the Redis connections (started and stopped by the caller).
+    :param target: where Redis is; the backplane's :attr:`link` (started and
+        stopped by the caller) connects to it.
     :param node_id: this process's name.
     :param prefix: prefix of every key and channel.
     :param bounds: the history bounds (stream length and age).
@@ -206,7 +208,7 @@ class RedisBackplane:
 
     def __init__(
         self,
-        link: RedisLink,
+        target: RedisTarget,
         *,
         node_id: str,
         prefix: str,
@@ -218,7 +220,11 @@ class RedisBackplane:
         new_epoch: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
         self.node_id = node_id
-        self._link = link
+        self.link = RedisLink(
+            target, clock, on_message=self.on_message, on_state=self.link_changed
+        )
+        self._link = self.link
+        self._watchers: list[Callable[[bool], None]] = []
         self._prefix = prefix
         self._bounds = bounds
         self._clock = clock
@@ -237,9 +243,6 @@ class RedisBackplane:
         self._heartbeat.clock = clock
         self._registered = False
         self._stopping = False
-        #: Called when the org channel of every room must be read again (after
-        #: a reconnect): set by :meth:`resync_all`'s owner.
-        self.on_restart: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ keys
 
@@ -278,8 +281,14 @@ class RedisBackplane:
             return None
         return "redis unavailable"
 
+    def watch(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(available)`` whenever Redis goes away or comes back."""
+        self._watchers.append(callback)
+
     def link_changed(self, up: bool) -> None:
         """The Redis link came back (or went): read every org again when back."""
+        for watcher in self._watchers:
+            watcher(up)
         if not up or self._stopping:
             return
         self._register()
@@ -753,10 +762,10 @@ class RedisBackplane:
 
 
 def _split_presence(message: bytes) -> tuple[bytes, bytes, bytes]:
-    # "P" node \0 user \0 entry.  Node ids have no \0 (NODE_ID), and the
-    # entry starts with a digit: the user is whatever lies between.
-    node, _, rest = message[1:].partition(b"\0")
-    user, _, value = rest.rpartition(b"\0") if b"|" in rest else (rest, b"", b"")
+    # "P" entry \0 node \0 user: neither the entry (JSON escapes NUL) nor the
+    # node id (NODE_ID) holds a NUL; the user id, whatever it is, comes last.
+    value, _, field = message[1:].partition(b"\0")
+    node, _, user = field.partition(b"\0")
     return node, user, value
 
 

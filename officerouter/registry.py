@@ -91,6 +91,7 @@ class OrgRegistry:
         self._history = history
         self._store: HistoryStore = store if store is not None else MemoryStore()
         self.backplane: Backplane = backplane or LocalBackplane("local")
+        self.backplane.watch(self.backplane_changed)
         self._outage_close = outage_close
         self._outage_call: IDelayedCall | None = None
         self._new_id = new_id

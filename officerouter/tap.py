@@ -821,16 +821,8 @@ def makeService(options: usage.Options) -> service.IService:
                 "officerouter: --history: with --redis the history is kept in "
                 "Redis; drop --history"
             )
-        link = RedisLink(
-            settings.redis,
-            reactor,
-            on_message=lambda channel, message: redis_backplane.on_message(
-                channel, message
-            ),
-            on_state=lambda up: registry.backplane_changed(up),
-        )
         redis_backplane = RedisBackplane(
-            link,
+            settings.redis,
             node_id=node_id,
             prefix=options["redis-prefix"],
             bounds=bounds,
@@ -839,6 +831,7 @@ def makeService(options: usage.Options) -> service.IService:
             presence_grace=options["presence-grace"],
             ban_memory=options["ban-memory"],
         )
+        link = redis_backplane.link
         backplane = redis_backplane
     registry = OrgRegistry(
         catalog,

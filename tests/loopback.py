@@ -39,9 +39,11 @@ from twisted.web.iweb import IPolicyForHTTPS
 
 from officerouter.auth import TokenVerifier
 from officerouter.catalog import BUILTIN
-from officerouter.config import Settings
+from officerouter.config import Settings, parse_redis_url
 from officerouter.history import HistoryBounds
 from officerouter.limits import Limits, OriginPolicy
+from officerouter.redis_backplane import RedisBackplane
+from officerouter.redis_client import RedisLink
 from officerouter.registry import OrgRegistry
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
@@ -343,6 +345,9 @@ class Router:
     #: Client TLS options (``optionsForClientTLS``) when the router listens on
     #: ``ssl:``; ``None`` for TCP.
     tls: Any = None
+    #: With a shared Redis: the router's link to it and its backplane.
+    link: Any = None
+    backplane: Any = None
 
     @property
     def base(self) -> str:
@@ -546,6 +551,21 @@ class Router:
         await self.port.stopListening()
         # Presence grace and idle-room timers would otherwise outlive the test.
         await self.registry.stop()
+        if self.link is not None:
+            await self.backplane.stop()
+            await self.link.stopService()
+
+    async def presence_of(self, org_id: str) -> tuple[int, Any]:
+        """GET /internal/presence?orgId=... with the service token."""
+        result = await self.http(
+            "GET",
+            f"/internal/presence?orgId={org_id}",
+            headers={
+                "CF-Access-Client-Id": self.service_id,
+                "CF-Access-Client-Secret": self.service_secret,
+            },
+        )
+        return result.code, result.json()
 
 
 async def start_router(
@@ -560,6 +580,20 @@ async def start_router(
     :param description: the server endpoint, as ``--port`` takes it.
     :param tls: the clients' TLS options when ``description`` is ``ssl:``.
     """
+    redis_url = options.pop("redis_url", None)
+    link = backplane = None
+    if redis_url is not None:
+        link, backplane = build_backplane(
+            redis_url,
+            node_id=options.pop("node_id"),
+            history=options.get("history", HistoryBounds()),
+            presence_grace=options.get("presence_grace", 5.0),
+            heartbeat_timeout=options.pop("heartbeat_timeout", 10.0),
+        )
+        options["backplane"] = backplane
+        link.startService()
+        backplane.start()
+        await link.when_up(TIMEOUT)
     registry, factory, site = build_router_parts(settings, **options)
     connections = ServerConnections()
     connections.track(site)
@@ -575,7 +609,30 @@ async def start_router(
         factory=factory,
         site=site,
         tls=tls,
+        link=link,
+        backplane=backplane,
     )
+
+
+def build_backplane(
+    url: str,
+    *,
+    node_id: str,
+    history: HistoryBounds,
+    presence_grace: float,
+    heartbeat_timeout: float,
+) -> tuple[RedisLink, RedisBackplane]:
+    """A Redis backplane and its link as makeService builds them (not started)."""
+    backplane = RedisBackplane(
+        parse_redis_url(url),
+        node_id=node_id,
+        prefix="officerouter",
+        bounds=history,
+        clock=reactor,
+        heartbeat_timeout=heartbeat_timeout,
+        presence_grace=presence_grace,
+    )
+    return backplane.link, backplane
 
 
 def build_router_parts(
@@ -595,6 +652,8 @@ def build_router_parts(
         presence_grace=options.pop("presence_grace", 5.0),
         position_tick=options.pop("position_tick", 0.05),
         history=options.pop("history", HistoryBounds()),
+        backplane=options.pop("backplane", None),
+        outage_close=options.pop("outage_close", 30.0),
     )
     verifier = TokenVerifier(settings.verify_keys, reactor.seconds)
     limit_names = {field.name for field in attrs.fields(Limits)}

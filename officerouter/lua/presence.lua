@@ -39,5 +39,6 @@ redis.call('EXPIRE', pres, ttl)
 redis.call('EXPIRE', counts, ttl)
 redis.call('SADD', KEYS[3], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('PUBLISH', ARGV[4], 'P' .. ARGV[1] .. '\0' .. ARGV[3])
+-- The entry has no NUL (JSON escapes it) and comes first: the user id may.
+redis.call('PUBLISH', ARGV[4], 'P' .. ARGV[3] .. '\0' .. ARGV[1])
 return 1
