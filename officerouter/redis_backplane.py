@@ -221,7 +221,11 @@ class RedisBackplane:
     ) -> None:
         self.node_id = node_id
         self.link = RedisLink(
-            target, clock, on_message=self.on_message, on_state=self.link_changed
+            target,
+            clock,
+            on_message=self.on_message,
+            on_state=self.link_changed,
+            name=f"{prefix}:{node_id}",
         )
         self._link = self.link
         self._watchers: list[Callable[[bool], None]] = []

@@ -96,6 +96,7 @@ class RedisLink(service.Service):
         message on a subscribed channel, in the order Redis sent them.
     :param on_state: called with ``True`` when both connections are up and every
         channel is subscribed again, ``False`` when either is lost.
+    :param name: names the connections in Redis (``CLIENT LIST``).
     """
 
     def __init__(
@@ -105,8 +106,12 @@ class RedisLink(service.Service):
         *,
         on_message: Callable[[bytes, bytes], None],
         on_state: Callable[[bool], None],
+        name: str = "officerouter",
     ) -> None:
         self.target = target
+        #: ``CLIENT SETNAME`` of the connections (``<name>:cmd``, ``<name>:sub``),
+        #: so that an operator's ``CLIENT LIST`` tells whose they are.
+        self.name = name
         self._reactor = reactor
         self._on_message = on_message
         self._on_state = on_state
@@ -207,22 +212,30 @@ class RedisLink(service.Service):
     # ------------------------------------------------------------ connections
 
     def _command_ready(self, protocol: Any) -> Any:
+        def named(p: Any) -> Any:
+            return p.execute_command(
+                "CLIENT", "SETNAME", f"{self.name}:cmd"
+            ).addCallback(lambda _: p)
+
         def ready(p: Any) -> None:
             self._commands = p
             self.refusal = None
             p.whenDisconnected().addCallback(self._command_lost)
             self._update()
 
-        return protocol.whenConnected().addCallback(ready)
+        return protocol.whenConnected().addCallback(named).addCallback(ready)
 
     def _subscriber_ready(self, protocol: Any) -> Any:
         def ready(p: Any) -> Any:
             p.on_message = self._on_message
             p.whenDisconnected().addCallback(self._subscriber_lost)
+            # Named before it subscribes: a subscribed connection takes no
+            # other command.
+            d = p.execute_command("CLIENT", "SETNAME", f"{self.name}:sub")
             channels = sorted(self._channels)
-            if not channels:
-                return p
-            return p.subscribe(channels).addCallback(lambda _: p)
+            if channels:
+                d.addCallback(lambda _: p.subscribe(channels))
+            return d.addCallback(lambda _: p)
 
         def subscribed(p: Any) -> None:
             self._subscriber = p

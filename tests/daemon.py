@@ -133,10 +133,10 @@ async def handshake(port: int, token: str) -> int:
     return code
 
 
-async def open_client(port: int, token: str) -> Client:
+async def open_client(port: int, token: str, query: str = "") -> Client:
     """A real WebSocket client of the daemon, once it has its ``connected`` frame."""
     factory = WebSocketClientFactory(
-        f"ws://127.0.0.1:{port}/websocket", protocols=[token]
+        f"ws://127.0.0.1:{port}/websocket{query}", protocols=[token]
     )
     factory.protocol = Client
     factory.opened = Deferred()
