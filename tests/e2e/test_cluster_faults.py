@@ -280,3 +280,64 @@ async def test_killed_daemon_users_leave_and_its_clients_recover_elsewhere(
             with contextlib.suppress(error.ProcessExitedAlready):
                 process.signalProcess("TERM")
         await survivor_daemon.ended
+
+
+async def run_daemon(tmp_path: Any, *options: str) -> tuple[int, str]:
+    """Run the installed daemon to its end: exit status and everything it wrote."""
+    env_file, _ = write_env_file(tmp_path)
+    daemon = Daemon()
+    command = twistd_command(
+        "--port", "tcp:0:interface=127.0.0.1", "--env-file", str(env_file), *options
+    )
+    reactor.spawnProcess(
+        daemon, command[0], command, env=clean_environ(), path=str(tmp_path)
+    )
+    daemon.port.addErrback(lambda _: None)
+    ended = await daemon.ended
+    return ended.exitCode, daemon.text
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://:s3cret-pw@127.0.0.1:6379/x", "the database must be a number"),
+        ("http://:s3cret-pw@127.0.0.1:6379/0", "not a Redis URL"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_redis_url_is_one_line_without_the_password(tmp_path, url, says):
+    """An unusable ``--redis`` URL ends the daemon at once with one line naming
+    the problem, never repeating the password."""
+    code, text = await run_daemon(tmp_path, "--redis", url)
+    assert code == 1
+    assert says in text
+    assert "s3cret-pw" not in text
+    assert "Traceback" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_or_refusing_redis_ends_start_up(tmp_path, redis_server):
+    """Redis unreachable for ``--redis-wait`` seconds, or refusing the password,
+    ends start-up with status 1 and one line, before anything is served."""
+    code, text = await run_daemon(
+        tmp_path, "--redis", f"redis://127.0.0.1:{free_port()}/0", "--redis-wait", "1"
+    )
+    assert code == 1
+    assert "officerouter: --redis: cannot use" in text
+    assert "Site starting" not in text
+    protected = RedisServer(tmp_path, password="right-pw")
+    protected.start()
+    try:
+        code, text = await run_daemon(
+            tmp_path,
+            "--redis",
+            f"redis://:wrong-pw@127.0.0.1:{protected.port}/0",
+            "--redis-wait",
+            "5",
+        )
+    finally:
+        protected.kill()
+    assert code == 1
+    assert "officerouter: --redis: cannot use" in text
+    assert "wrong-pw" not in text
+    assert "Site starting" not in text
