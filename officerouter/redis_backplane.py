@@ -65,7 +65,7 @@ PRESENCE_TTL: Final = 86400
 #: ``--history-size`` says (recovery itself keeps to ``--history-size``).
 MIN_STREAM_LENGTH: Final = 100
 
-_SCRIPTS: Final = ("publish", "attach", "presence", "positions", "reap")
+_SCRIPTS: Final = ("publish", "attach", "presence", "positions", "reap", "rewind")
 
 
 def _load_scripts() -> dict[str, str]:
@@ -573,6 +573,22 @@ class RedisBackplane:
                 org.epoch, org.seq = state.epoch, state.seq
                 org.pending.clear()
                 org.room.restart_stream(state)
+            elif state.seq < org.seq:
+                # Redis lost its last writes: the numbers after state.seq would
+                # be given again.  End this epoch; reading again starts a new one.
+                log.warn(
+                    "org {org_id}: redis is behind what was delivered ({seq} < "
+                    "{delivered}); starting a new epoch",
+                    org_id=org_id,
+                    seq=state.seq,
+                    delivered=org.seq,
+                )
+                self._script(
+                    "rewind",
+                    [self._key(org_id, "meta"), self._key(org_id, "stream")],
+                    [org.epoch, org.seq],
+                ).addCallbacks(lambda _: self._resync(org), _ignore_unavailable)
+                return
             else:
                 # Messages published while we were not subscribed.
                 self._fill(org, state.seq)

@@ -341,3 +341,33 @@ async def test_unreachable_or_refusing_redis_ends_start_up(tmp_path, redis_serve
     assert "officerouter: --redis: cannot use" in text
     assert "wrong-pw" not in text
     assert "Site starting" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_behind_what_was_delivered_starts_a_new_epoch(
+    routers, redis_server, token
+):
+    """Redis back with fewer numbers than were delivered (it lost its last
+    writes) would give numbers twice: the stream ends, clients are closed with
+    1012 and recover in a new epoch, and the next message is numbered there."""
+    a, b = routers
+    alice = await a.connect(token("alice", ORG))
+    for name in ("one", "two", "three"):
+        await b.notify(room_updated(name))
+    for _ in range(3):
+        await alice.next()
+    epoch = alice.welcome["payload"]["epoch"]
+    # What an AOF restart that lost its last second looks like, then the
+    # reconnection that follows a restart.
+    redis_server.cli("HSET", "officerouter:{org-faults}:meta", "seq", "1")
+    redis_server.cli("CLIENT", "KILL", "TYPE", "pubsub")
+    redis_server.cli("CLIENT", "KILL", "TYPE", "normal")
+    await alice.wait_closed()
+    assert alice.close_code == 1012
+    back = await a.connect(token("alice", ORG), query=f"?since={epoch}.3")
+    assert back.welcome["payload"]["recovered"] is False
+    new_epoch = back.welcome["payload"]["epoch"]
+    assert new_epoch != epoch
+    status, body = await b.notify(room_updated("four"))
+    assert (status, body["seq"]) == (200, 1)
+    assert (await back.next())["payload"]["name"] == "four"
