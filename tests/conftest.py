@@ -95,12 +95,30 @@ def router_options() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture
+def deployment() -> str:
+    """How the ``router`` runs: ``one-process``, or ``redis`` (its numbering,
+    history, presence and bans in a redis-server of the test's own).
+
+    A module whose tests must hold for both overrides it with
+    :func:`both_deployments`.
+    """
+    return "one-process"
+
+
 @pytest_twisted.async_yield_fixture
 async def router(
-    settings: Settings, router_options: dict[str, Any]
+    settings: Settings,
+    router_options: dict[str, Any],
+    deployment: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Router]:
     """A real router on an ephemeral loopback port."""
-    r = await start_router(settings, **dict(router_options))
+    options = dict(router_options)
+    if deployment == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        options.update(redis_url=redis.url, node_id="router")
+    r = await start_router(settings, **options)
     try:
         yield r
     finally:

@@ -20,6 +20,7 @@ from types import EllipsisType
 from typing import Any
 
 import attrs
+import pytest
 from zope.interface import implementer
 
 import treq
@@ -679,3 +680,10 @@ def build_router_parts(
     )
     assert not options, f"unknown options {options}"
     return registry, factory, site
+
+
+#: Put in a module as ``deployment = both_deployments``: its tests that use the
+#: ``router`` fixture run against one process and against the Redis backplane.
+both_deployments = pytest.fixture(params=["one-process", "redis"])(
+    lambda request: request.param
+)

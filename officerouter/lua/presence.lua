@@ -5,8 +5,9 @@
 -- ARGV[1] field (node \0 user)   ARGV[2] user   ARGV[3] entry, '' to remove
 -- ARGV[4] channel   ARGV[5] org   ARGV[6] seconds the keys outlive their last write
 --
--- An entry is "<connections>|<role>|<position JSON>"; pending guests count as
--- connections of the user but not of the org's audience ('*').
+-- An entry is "<connections>|<role>|<position JSON>".  Counts: 'u:<user>' every
+-- connection of the user, 'a:<user>' those admitted (not a pending guest), '*'
+-- the org's admitted connections (the audience of a broadcast).
 local function parse(entry)
   if not entry or entry == '' then
     return 0, 0
@@ -34,6 +35,9 @@ if new_c ~= old_c then
 end
 if new_a ~= old_a then
   redis.call('HINCRBY', counts, '*', new_a - old_a)
+  if redis.call('HINCRBY', counts, 'a:' .. ARGV[2], new_a - old_a) <= 0 then
+    redis.call('HDEL', counts, 'a:' .. ARGV[2])
+  end
 end
 redis.call('EXPIRE', pres, ttl)
 redis.call('EXPIRE', counts, ttl)

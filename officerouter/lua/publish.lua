@@ -57,7 +57,15 @@ end
 i = i + m + 1
 local k = tonumber(ARGV[i])
 for j = 1, k do
-  redis.call('HSET', KEYS[5], ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+  local user = ARGV[i + 2 * j - 1]
+  redis.call('HSET', KEYS[5], user, ARGV[i + 2 * j])
+  if ARGV[10] == '1' then
+    -- The subject of a role change always hears of it: a pending guest's
+    -- connections too, though not in the audience.
+    local all = tonumber(redis.call('HGET', counts, 'u:' .. user) or '0')
+    local admitted = tonumber(redis.call('HGET', counts, 'a:' .. user) or '0')
+    result[3] = result[3] + all - admitted
+  end
 end
 if k > 0 then
   redis.call('EXPIRE', KEYS[5], ttl)

@@ -22,6 +22,9 @@ for _, org in ipairs(redis.call('SMEMBERS', KEYS[2])) do
         end
         if role ~= 'pending_guest' then
           redis.call('HINCRBY', counts, '*', -c)
+          if redis.call('HINCRBY', counts, 'a:' .. user, -c) <= 0 then
+            redis.call('HDEL', counts, 'a:' .. user)
+          end
         end
       end
       redis.call('HDEL', pres, field)

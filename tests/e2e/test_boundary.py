@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.logger import LogLevel, capturedLogs
 
-from tests.loopback import SERVICE_ID, SERVICE_SECRET, Router, sleep
+from tests.loopback import SERVICE_ID, SERVICE_SECRET, Router, both_deployments, sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +165,6 @@ async def test_query_values_that_are_not_utf8_are_refused_cleanly(
     assert alice.welcome["payload"]["recovered"] is False
     await sleep(0)
     assert alice.open_now
+
+
+deployment = both_deployments

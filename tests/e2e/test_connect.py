@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import pytest_twisted
 
-from tests.loopback import ConnectionRefusedByServer, Router
+from tests.loopback import ConnectionRefusedByServer, Router, both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -248,3 +248,6 @@ async def test_forged_role_header_does_not_admit_a_pending_guest(router: Router,
     assert error["payload"]["code"] == "not_permitted"
     await router.barrier(member)
     assert member.pending() == []
+
+
+deployment = both_deployments

@@ -13,6 +13,7 @@ from twisted.internet import defer
 
 from officerouter.catalog import BUILTIN
 from officerouter.codec import ContractError, decode_client, decode_notify
+from tests.loopback import both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +144,6 @@ async def test_invalid_utf8_text_frame_closes_1007(router, token):
     client.sendMessage(b'{"type":"position_update","payload":{"x":1,"y":"\xff"}}')
     code, _ = await client.wait_closed()
     assert code == 1007
+
+
+deployment = both_deployments

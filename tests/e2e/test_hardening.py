@@ -17,7 +17,7 @@ from twisted.logger import capturedLogs, eventAsJSON, formatEvent
 from twisted.web import http
 
 from officerouter.tap import RouterService
-from tests.loopback import RawClient, sleep, wait_until
+from tests.loopback import RawClient, both_deployments, sleep, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -802,3 +802,6 @@ async def test_form_posts_are_not_parsed_but_refused_415(router, monkeypatch):
     status, _ = await router.notify(_room_updated("org-a", 1))
     assert status == 200
     assert parsed == []
+
+
+deployment = both_deployments

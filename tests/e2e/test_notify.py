@@ -9,7 +9,7 @@ import pytest
 
 import pytest_twisted
 
-from tests.loopback import SERVICE_ID, SERVICE_SECRET, Client, Router
+from tests.loopback import SERVICE_ID, SERVICE_SECRET, Client, Router, both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -380,3 +380,6 @@ async def test_contract_violations_are_400(router: Router, token, body, code, pa
     assert_error_body(answer, code)
     assert set(offending(answer)) == paths
     await assert_nothing_delivered(router, client)
+
+
+deployment = both_deployments

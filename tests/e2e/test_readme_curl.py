@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 
 from officerouter.config import Settings
-from tests.loopback import Router
+from tests.loopback import Router, both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -102,3 +102,6 @@ def test_the_readme_shows_the_three_calls():
     text = README.read_text(encoding="utf-8")
     missing = [line for line in CALLS if line not in text]
     assert not missing
+
+
+deployment = both_deployments

@@ -8,7 +8,7 @@ import pytest
 
 import pytest_twisted
 
-from tests.loopback import Client, Router
+from tests.loopback import Client, Router, both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -246,3 +246,6 @@ async def test_fragmented_message_over_the_limit_closes_1009(router: Router, tok
     alice.sendMessage(b"x" * 1000, fragmentSize=100)
     code, _reason = await alice.wait_closed()
     assert code == 1009
+
+
+deployment = both_deployments

@@ -25,6 +25,7 @@ from officerouter.config import Settings
 from tests.loopback import (
     RawClient,
     Router,
+    both_deployments,
     sleep,
     start_router,
     wait_until,
@@ -245,3 +246,6 @@ async def test_a_connection_storm_adds_up_for_every_client(router, token, deflat
         while (frame := await client.next())["type"] != "room_updated":
             frames.append(frame)
         assert _view(frames) == set(users) - {client.user_id}
+
+
+deployment = both_deployments
