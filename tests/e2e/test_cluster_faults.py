@@ -371,3 +371,56 @@ async def test_redis_behind_what_was_delivered_starts_a_new_epoch(
     status, body = await b.notify(room_updated("four"))
     assert (status, body["seq"]) == (200, 1)
     assert (await back.next())["payload"]["name"] == "four"
+
+
+@pytest_twisted.ensureDeferred
+async def test_graceful_stop_keeps_returning_users_online(
+    settings, redis_server, token
+):
+    """A router stopped gracefully (1001): its users who reconnect elsewhere
+    within the grace period do not flap; the others leave once it is over."""
+    a, b = await pair(settings, redis_server, presence_grace=1.0)
+    try:
+        watcher = await b.connect(token("watcher", ORG))
+        mover = await a.connect(token("mover", ORG))
+        quitter = await a.connect(token("quitter", ORG))
+        online: set[str] = set()
+
+        async def follow(until: Callable[[], bool], seconds: float) -> list[str]:
+            events = []
+            deadline = reactor.seconds() + seconds
+            while not until() and reactor.seconds() < deadline:
+                d = watcher.presence.get()
+                d.addTimeout(max(0.01, deadline - reactor.seconds()), reactor)
+                try:
+                    frame = await d
+                except Exception:
+                    break
+                if frame["type"] == "presence":
+                    online.update(u["userId"] for u in frame["payload"]["users"])
+                elif frame["type"] == "user_joined":
+                    online.add(frame["payload"]["userId"])
+                    events.append("joined " + frame["payload"]["userId"])
+                elif frame["type"] == "user_left":
+                    online.discard(frame["payload"]["userId"])
+                    events.append("left " + frame["payload"]["userId"])
+            return events
+
+        await follow(lambda: {"mover", "quitter"} <= online, 5)
+        # What SIGTERM does (RouterService, then the backplane service).
+        a.registry.close_all(1001, "server shutting down")
+        for client in (mover, quitter):
+            await client.wait_closed()
+            assert client.close_code == 1001
+        await task.deferLater(reactor, 0.1, lambda: None)
+        await a.registry.stop()
+        await a.backplane.stop()
+        await a.link.stopService()
+        await a.port.stopListening()
+        back = await b.connect(token("mover", ORG))
+        assert back.welcome["type"] == "connected"
+        events = await follow(lambda: "quitter" not in online, 6)
+        assert events == ["left quitter"]
+        assert "mover" in online
+    finally:
+        await b.close()
