@@ -68,9 +68,18 @@ MIN_STREAM_LENGTH: Final = 100
 _SCRIPTS: Final = ("publish", "attach", "presence", "positions", "reap", "rewind")
 
 
+#: Scripts that start with ``lua/stream.lua`` (Redis has no ``require``).
+_WITH_STREAM: Final = frozenset({"publish", "attach"})
+
+
 def _load_scripts() -> dict[str, str]:
     package = files("officerouter") / "lua"
-    return {name: (package / f"{name}.lua").read_text("utf-8") for name in _SCRIPTS}
+    prelude = (package / "stream.lua").read_text("utf-8")
+    return {
+        name: (prelude if name in _WITH_STREAM else "")
+        + (package / f"{name}.lua").read_text("utf-8")
+        for name in _SCRIPTS
+    }
 
 
 # ---------------------------------------------------------------- wire formats

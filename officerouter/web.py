@@ -404,20 +404,11 @@ class NotifyResource(_MethodsResource):
         body = request.content.read()
         try:
             notification = decode_notify(body, self._registry.catalog)
-        except ContractError as e:
-            log.info(
-                "rejected a notification from {peer}: {code} {errors}",
-                peer=_peer(request),
-                code=e.code,
-                errors=e.message,
-            )
-            return _error(
-                request, 400, e.code, "the message breaks the contract", e.errors
-            )
-        reason = self._registry.unavailable()
-        if reason is not None:
-            return _unavailable(request, reason)
-        try:
+            reason = self._registry.unavailable()
+            if reason is not None:
+                return _unavailable(request, reason)
+            # Encoded before anything is numbered: a payload that cannot be
+            # written (a plug-in's) is refused here too, with no effect.
             return self._registry.publish(notification)
         except ContractError as e:
             log.info(

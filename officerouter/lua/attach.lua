@@ -8,19 +8,7 @@
 --
 -- Returns {epoch, seq, records (newest first), bans, roles, presence, dead nodes}.
 local meta, stream = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'epoch')
-if epoch then
-  local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
-  if last > 0 and redis.call('EXISTS', stream) == 0 then
-    epoch = nil
-  end
-end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', meta, stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
-  redis.call('EXPIRE', meta, tonumber(ARGV[3]))
-end
+local epoch = current_epoch(meta, stream, ARGV[1], tonumber(ARGV[3]))
 local seq = redis.call('HGET', meta, 'seq')
 local records = {}
 local limit = tonumber(ARGV[2])

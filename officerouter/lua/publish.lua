@@ -13,19 +13,7 @@
 -- Returns {epoch, seq, delivered, delivered per target...}: delivered counts
 -- the connections addressed in cluster presence when the message is numbered.
 local meta, stream, counts = KEYS[1], KEYS[2], KEYS[3]
-local epoch = redis.call('HGET', meta, 'epoch')
-if epoch then
-  local last = tonumber(redis.call('HGET', meta, 'seq') or '0')
-  if last > 0 and redis.call('EXISTS', stream) == 0 then
-    -- The stream was lost (evicted): continuity is gone, start a new epoch.
-    epoch = nil
-  end
-end
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', meta, stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0)
-end
+local epoch = current_epoch(meta, stream, ARGV[2], tonumber(ARGV[5]))
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local record = 'N{"e":"' .. epoch .. '","s":' .. seq .. ',"at":' .. ARGV[3] .. ARGV[8]
   .. '\n' .. ARGV[6] .. seq .. ARGV[7]
