@@ -290,6 +290,10 @@ class OrgRegistry:
             if self._rooms.get(org_id) is room and not len(room):
                 self._drop(room)
             attached.errback(RefusedError(503, codes.REASON_UNAVAILABLE))
+            # Each waiter got the failure (``_chain`` passes it on to the next);
+            # what is left at the end of the chain is handled, not an error to
+            # be logged as unhandled when the Deferred is collected.
+            attached.addErrback(lambda _: None)
 
         self.backplane.attach(room).addCallbacks(done, failed)
 

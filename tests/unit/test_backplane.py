@@ -7,6 +7,7 @@ process tells the cluster.  No sockets, no Redis, no reactor: a Clock drives tim
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -1248,3 +1249,16 @@ def test_actions_round_trip():
     actions = (SetRole("u", "admin"), CloseUser("v", 4003, "banned", ban=True))
     assert decode_actions(encode_actions(actions)) == actions
     assert decode_actions(None) == ()
+
+
+def test_failed_attach_leaves_no_unhandled_error(registry, backplane):
+    """A failed attach is answered to every waiter and leaves no failure behind
+    to be logged as an unhandled error once collected."""
+    backplane.hold_attach = True
+    waiter = registry.prepare(ORG)
+    with capturedLogs() as events:
+        backplane.fail_attach(ORG, RuntimeError("no redis"))
+        assert isinstance(failure_of(waiter).value, RefusedError)
+        del waiter
+        gc.collect()
+    assert [e["log_format"] for e in events if e["log_level"] >= LogLevel.error] == []
