@@ -415,6 +415,7 @@ class OrgRegistry:
         org_id = room.org_id
         del self._rooms[org_id]
         self._wake(org_id)
+        room.withdraw()
         room.dispose()
         self.backplane.detach(org_id)
         self._store.forget(org_id)

@@ -1262,3 +1262,39 @@ def test_failed_attach_leaves_no_unhandled_error(registry, backplane):
         del waiter
         gc.collect()
     assert [e["log_format"] for e in events if e["log_level"] >= LogLevel.error] == []
+
+
+@pytest.mark.parametrize(
+    ("history_seconds", "drop_at"),
+    [(0, 0), (2, 2)],
+    ids=["history-off", "grace-outlives-history"],
+)
+def test_a_dropped_room_withdraws_its_entries(
+    clock, backplane, history_seconds, drop_at
+):
+    """A room dropped while this node still has entries in the cluster (a user
+    within grace, a change not yet told) tells the cluster they are gone."""
+    registry = make_registry(
+        clock,
+        backplane=backplane,
+        presence_grace=GRACE,
+        history=HistoryBounds(seconds=history_seconds),
+    )
+    _, session = join(registry, "alice")
+    clock.advance(0)
+    registry.disconnect(session)
+    clock.advance(drop_at)
+    assert registry.room(ORG) is None
+    clock.advance(GRACE * 2)
+    assert backplane.presence_calls[0] == (ORG, "alice", RemoteEntry(1, "member"))
+    assert backplane.presence_calls[-1] == (ORG, "alice", None)
+
+
+def test_stopping_leaves_entries_to_expire_with_the_process(registry, backplane, clock):
+    """Stopping the daemon withdraws no entry: they expire with the process, so
+    that clients reconnecting to another one do not see their users leave."""
+    join(registry, "alice")
+    clock.advance(0)
+    result_of(registry.stop())
+    clock.advance(GRACE * 2)
+    assert backplane.presence_calls == [(ORG, "alice", RemoteEntry(1, "member"))]
