@@ -201,6 +201,8 @@ class FakeBackplane:
         self.down: str | None = None
         #: Leave attaches pending until :meth:`finish_attach`/:meth:`fail_attach`.
         self.hold_attach = False
+        #: When set, :meth:`publish` fails with it (nothing is numbered).
+        self.refuse: Exception | None = None
         #: The state an org is attached with (default: epoch ``shared``, seq 0).
         self.states: dict[str, StreamState] = {}
         #: What :meth:`read_presence` answers, per org.
@@ -243,6 +245,8 @@ class FakeBackplane:
         self.detached.append(org_id)
 
     def publish(self, org_id: str, message: Outgoing) -> defer.Deferred[Published]:
+        if self.refuse is not None:
+            return defer.fail(self.refuse)
         self.published.append((org_id, message))
         numbered = self.from_elsewhere(org_id, message)
         return defer.succeed(Published(seq=numbered.seq, delivered=0))
