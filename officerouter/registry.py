@@ -290,6 +290,10 @@ class OrgRegistry:
             if self._rooms.get(org_id) is room and not len(room):
                 self._drop(room)
             attached.errback(RefusedError(503, codes.REASON_UNAVAILABLE))
+            # Each waiter got the failure (``_chain`` passes it on to the next);
+            # what is left at the end of the chain is handled, not an error to
+            # be logged as unhandled when the Deferred is collected.
+            attached.addErrback(lambda _: None)
 
         self.backplane.attach(room).addCallbacks(done, failed)
 
@@ -411,6 +415,7 @@ class OrgRegistry:
         org_id = room.org_id
         del self._rooms[org_id]
         self._wake(org_id)
+        room.withdraw()
         room.dispose()
         self.backplane.detach(org_id)
         self._store.forget(org_id)

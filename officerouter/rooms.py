@@ -850,6 +850,24 @@ class OrgRoom:
         for user_id in self._remote.users_of(node):
             self.remote_presence(node, user_id, None)
 
+    def withdraw(self) -> None:
+        """The room is being dropped: tell the other processes that this one's
+        entries for the org's users are gone.
+
+        The users within their grace period, and changes not told yet, would
+        otherwise stay in the cluster's presence long after this process
+        stopped serving the org.  Not part of :meth:`dispose`, which also runs
+        when the daemon stops: then the entries expire with the process, so
+        that clients reconnecting elsewhere do not see their users leave.
+        """
+        if not self._shared:
+            return
+        users = dict.fromkeys(self._changed_users)
+        users.update(dict.fromkeys(user.user_id for user in self._presence))
+        users.update(dict.fromkeys(self._by_user))
+        for user_id in users:
+            self._backplane.presence_changed(self.org_id, user_id, None)
+
     def dispose(self) -> None:
         """Cancel the room's timers (it is being dropped, or the daemon stops)."""
         self._presence.dispose()
