@@ -195,6 +195,9 @@ class _Org:
     #: Numbered messages waiting for a gap before them to be filled.
     pending: dict[int, Numbered] = attrs.Factory(dict)
     filling: bool = False
+    #: Which read of the stream is the current one: a reply to an older one
+    #: (another epoch began meanwhile) is ignored.
+    fill_token: int = 0
     #: The (node, user) entries of other processes the room was told of.
     remote: set[tuple[str, str]] = attrs.Factory(set)
 
@@ -494,8 +497,7 @@ class RedisBackplane:
                 "org {org_id}: stream epoch changed; connections reconnect",
                 org_id=org.room.org_id,
             )
-            org.epoch, org.seq = message.epoch, 0
-            org.pending.clear()
+            self._new_epoch_begins(org, message.epoch, 0)
             org.room.restart_stream(StreamState(epoch=message.epoch, seq=0))
         if message.seq <= org.seq:
             return  # already delivered (a gap fill overlapped)
@@ -505,9 +507,23 @@ class RedisBackplane:
             self._drain(org)
             return
         org.pending[message.seq] = message
-        self._fill(org, min(org.pending) - 1)
+        self._drain(org)
+        if org.pending:
+            self._fill(org, min(org.pending) - 1)
+
+    def _new_epoch_begins(self, org: _Org, epoch: str, seq: int) -> None:
+        org.epoch, org.seq = epoch, seq
+        org.pending.clear()
+        # A read of the old stream still under way is void.
+        org.filling = False
+        org.fill_token += 1
 
     def _drain(self, org: _Org) -> None:
+        """Deliver what was held and now follows; forget what no longer can."""
+        for seq in [seq for seq in org.pending if seq <= org.seq]:
+            # Delivered meanwhile by a read of the stream (the subscription
+            # and the commands are two connections: either may be first).
+            del org.pending[seq]
         while org.seq + 1 in org.pending:
             message = org.pending.pop(org.seq + 1)
             org.seq = message.seq
@@ -523,6 +539,8 @@ class RedisBackplane:
         if org.filling or last <= org.seq:
             return
         org.filling = True
+        org.fill_token += 1
+        token = org.fill_token
         org_id = org.room.org_id
         first, epoch = org.seq + 1, org.epoch
         d = self._link.execute(
@@ -530,10 +548,15 @@ class RedisBackplane:
         )
 
         def filled(entries: Sequence[Any]) -> None:
-            org.filling = False
-            if self._orgs.get(org_id) is not org or org.epoch != epoch:
+            if self._orgs.get(org_id) is not org or org.fill_token != token:
                 return
-            records = [parse_record(fields[1]) for _, fields in entries]
+            org.filling = False
+            # A stream that began again in another epoch is not this one's gap.
+            records = [
+                record
+                for record in (parse_record(fields[1]) for _, fields in entries)
+                if record.epoch == epoch
+            ]
             if len(records) == last - first + 1 and records[0].seq == first:
                 log.info(
                     "org {org_id}: filled a gap of {count} messages from the stream",
@@ -559,7 +582,8 @@ class RedisBackplane:
                 self._fill(org, min(org.pending) - 1)
 
         def failed(failure: Failure) -> None:
-            org.filling = False
+            if org.fill_token == token:
+                org.filling = False
             # Redis went away: the reconnect reads every org again.
             failure.trap(RedisUnavailable, txredisapi.ResponseError)
 
@@ -579,8 +603,7 @@ class RedisBackplane:
                     "connections reconnect",
                     org_id=org_id,
                 )
-                org.epoch, org.seq = state.epoch, state.seq
-                org.pending.clear()
+                self._new_epoch_begins(org, state.epoch, state.seq)
                 org.room.restart_stream(state)
             elif state.seq < org.seq:
                 # Redis lost its last writes: the numbers after state.seq would
@@ -600,7 +623,9 @@ class RedisBackplane:
                 return
             else:
                 # Messages published while we were not subscribed.
-                self._fill(org, state.seq)
+                self._drain(org)
+                gap_end = min(org.pending) - 1 if org.pending else 0
+                self._fill(org, max(state.seq, gap_end))
             self._apply_presence(org, presence)
             for node in dead:
                 self._reap(_text(node))

@@ -287,6 +287,10 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         if refusal is not None:
             factory.registry.abandon(identity.org_id)
             raise ConnectionDeny(*refusal)
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            # The client left while the org's shared state was being read.
+            factory.registry.abandon(identity.org_id)
+            raise ConnectionDeny(400, codes.REASON_GONE)
         self._identity = identity
         return echo
 
@@ -442,6 +446,11 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         session, self._session = self._session, None
         if session is not None:
             self.factory.registry.disconnect(session)
+        elif self._identity is not None:
+            # Admitted, but gone before it joined: the room prepared for it
+            # must not stay live with nobody in it.
+            self.factory.registry.abandon(self._identity.org_id)
+            self._identity = None
 
     # ------------------------------------------------------------ Connection
 

@@ -379,13 +379,13 @@ async def test_permessage_deflate_when_enabled(router, token):
     assert plain._perMessageCompress is None
     for i in range(3):
         await router.notify(_room_updated("org-a", i))
-    plain.send_json({"type": "position_update", "payload": {"x": 1, "y": 2}})
     for client in (deflating, plain):
         assert [(await client.next())["payload"]["roomId"] for _ in range(3)] == [
             "r0",
             "r1",
             "r2",
         ]
+    plain.send_json({"type": "position_update", "payload": {"x": 1, "y": 2}})
     assert (await deflating.next())["from"] == "bob"
 
 
@@ -415,6 +415,10 @@ async def test_client_ping_is_answered_with_pong(router, token):
         raw.close()
 
 
+# One process only: there a notification is queued to every connection before
+# its answer, so the ping sent after the answer must be answered after it.  (With
+# Redis delivery follows the answer by a moment: docs/cluster.md.)
+@pytest.mark.parametrize("deployment", ["one-process"])
 @pytest.mark.parametrize("router_options", [{}, {"permessage_deflate": True}])
 @pytest_twisted.ensureDeferred
 async def test_client_ping_is_answered_with_pong_among_messages(router, token):

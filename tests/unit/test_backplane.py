@@ -1470,11 +1470,6 @@ def test_heartbeat_registers_refreshes_and_reaps(redis, link, feed, reactor):
     assert len(link.sent("SET")) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis_backplane._fill: a message the fill already delivered stays in "
-    "org.pending and blocks every later gap fill",
-)
 def test_a_message_filled_before_it_arrives_does_not_stall_delivery(redis, link, feed):
     """After a reconnect, a message both read from the stream and received late
     on the channel leaves nothing behind: the next gap is still filled."""
@@ -1493,11 +1488,6 @@ def test_a_message_filled_before_it_arrives_does_not_stall_delivery(redis, link,
     assert feed.delivered == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis_backplane._fill: a fill of the old epoch answering after an "
-    "epoch change returns without delivering the new epoch's held messages",
-)
 def test_an_epoch_change_during_a_fill_does_not_stall_delivery(redis, link, feed):
     """A new epoch while a gap of the old one is being read: the new epoch's
     messages are delivered once the old read answers."""
@@ -1515,11 +1505,6 @@ def test_an_epoch_change_during_a_fill_does_not_stall_delivery(redis, link, feed
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis_backplane._fill: records read from a stream that meanwhile "
-    "started another epoch are delivered as if they were of the old one",
-)
 def test_a_fill_never_delivers_another_epochs_records(redis, link, feed):
     """A gap read from a stream that has started a new epoch is not filled with
     that epoch's messages under the old one."""
