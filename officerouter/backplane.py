@@ -94,6 +94,32 @@ class Published:
     seq: int | None
     delivered: int
     per_target: tuple[int, ...] = ()
+    #: The answer of an earlier publish with the same idempotency key: nothing
+    #: was numbered or delivered again.
+    replayed: bool = False
+
+
+@attrs.frozen
+class Once:
+    """A publish that must happen at most once: the backend's ``Idempotency-Key``.
+
+    :ivar key: the key, as the backend sent it.
+    :ivar fingerprint: what the request said (a hash of its body): the same key
+        with another body is a conflict, not a retry.
+    :ivar seconds: how long the key is remembered.
+    """
+
+    key: str
+    fingerprint: str
+    seconds: float
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key reused for another request; nothing was published."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 @attrs.frozen
@@ -128,6 +154,10 @@ class OrgFeed(TypingProtocol):
 
     def number(self, message: Outgoing) -> Numbered:
         """Number a message with the room's own stream (one process only)."""
+        ...
+
+    def connection_count_of(self, user_id: str) -> int:
+        """How many connections a user has on this process."""
         ...
 
     def deliver(self, message: Numbered) -> int:
@@ -188,11 +218,16 @@ class Backplane(TypingProtocol):
         """Stop serving an org on this process (its room is dropped)."""
         ...
 
-    def publish(self, org_id: str, message: Outgoing) -> defer.Deferred[Published]:
+    def publish(
+        self, org_id: str, message: Outgoing, once: Once | None = None
+    ) -> defer.Deferred[Published]:
         """Number, keep and publish a message of an org; fires once it is stored.
 
         Delivery to every process's connections, this one's included, comes back
-        through :meth:`OrgFeed.deliver`, in ``seq`` order.
+        through :meth:`OrgFeed.deliver`, in ``seq`` order.  With ``once``, a key
+        seen within its window answers what it answered then (``replayed``) and
+        publishes nothing; with another fingerprint it fails with
+        :class:`IdempotencyConflict`.
         """
         ...
 
@@ -223,9 +258,12 @@ class LocalBackplane:
 
     shared = False
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, now: Callable[[], float] = lambda: 0.0) -> None:
         self.node_id = node_id
+        self._now = now
         self._rooms: dict[str, OrgFeed] = {}
+        # Idempotency keys: key -> (fingerprint, answer, until), oldest first.
+        self._once: dict[str, tuple[str, Published, float]] = {}
 
     def unavailable(self) -> str | None:
         return None
@@ -240,15 +278,50 @@ class LocalBackplane:
     def detach(self, org_id: str) -> None:
         self._rooms.pop(org_id, None)
 
-    def publish(self, org_id: str, message: Outgoing) -> defer.Deferred[Published]:
+    def publish(
+        self, org_id: str, message: Outgoing, once: Once | None = None
+    ) -> defer.Deferred[Published]:
         """Number and deliver at once; an org without a room keeps nothing."""
+        if once is not None:
+            earlier = self._remembered(once)
+            if earlier is not None:
+                return earlier
         room = self._rooms.get(org_id)
+        targets = message.targets or ()
         if room is None:
-            return defer.succeed(Published(seq=None, delivered=0))
-        numbered = room.number(message)
-        return defer.succeed(
-            Published(seq=numbered.seq, delivered=room.deliver(numbered))
-        )
+            published = Published(
+                seq=None, delivered=0, per_target=tuple(0 for _ in targets)
+            )
+        else:
+            per_target = tuple(room.connection_count_of(user) for user in targets)
+            numbered = room.number(message)
+            published = Published(
+                seq=numbered.seq,
+                delivered=room.deliver(numbered),
+                per_target=per_target,
+            )
+        if once is not None:
+            self._once[once.key] = (
+                once.fingerprint,
+                published,
+                self._now() + once.seconds,
+            )
+        return defer.succeed(published)
+
+    def _remembered(self, once: Once) -> defer.Deferred[Published] | None:
+        now = self._now()
+        while self._once:
+            oldest = next(iter(self._once))
+            if self._once[oldest][2] > now:
+                break
+            del self._once[oldest]
+        earlier = self._once.get(once.key)
+        if earlier is None:
+            return None
+        fingerprint, published, _ = earlier
+        if fingerprint != once.fingerprint:
+            return defer.fail(IdempotencyConflict(once.key))
+        return defer.succeed(attrs.evolve(published, replayed=True))
 
     def presence_changed(
         self, org_id: str, user_id: str, entry: RemoteEntry | None

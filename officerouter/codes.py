@@ -32,6 +32,7 @@ ERR_INTERNAL: Final = "internal_error"
 ERR_REQUEST_TIMEOUT: Final = "request_timeout"
 ERR_NOT_FOUND: Final = "not_found"
 ERR_UNAVAILABLE: Final = "unavailable"
+ERR_IDEMPOTENCY_CONFLICT: Final = "idempotency_conflict"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"

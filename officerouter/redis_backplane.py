@@ -39,7 +39,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from officerouter.backplane import (
+    IdempotencyConflict,
     Numbered,
+    Once,
     OrgFeed,
     Outgoing,
     Published,
@@ -637,8 +639,14 @@ class RedisBackplane:
     def _stream_ttl(self) -> int:
         return max(60, int(self._bounds.seconds) + 1)
 
-    def publish(self, org_id: str, message: Outgoing) -> defer.Deferred[Published]:
-        """Run ``publish.lua``: number, append, publish; fires with the answer."""
+    def publish(
+        self, org_id: str, message: Outgoing, once: Once | None = None
+    ) -> defer.Deferred[Published]:
+        """Run ``publish.lua``: number, append, publish; fires with the answer.
+
+        With ``once``, the same script checks and records the idempotency key,
+        so that two processes given the same retry number it once.
+        """
         targets = message.targets or ()
         bans = [
             a.user_id for a in message.actions if isinstance(a, CloseUser) and a.ban
@@ -660,6 +668,8 @@ class RedisBackplane:
             header_tail(message),
             max(1, int(self._ban_memory)),
             "1" if message.targets is None else "0",
+            once.fingerprint if once is not None else "",
+            max(1, int(once.seconds)) if once is not None else 0,
             len(targets),
             *targets,
             len(bans),
@@ -675,11 +685,15 @@ class RedisBackplane:
                 self._key(org_id, "count"),
                 self._key(org_id, "bans"),
                 self._key(org_id, "roles"),
+                f"{self._prefix}:once:{once.key}" if once is not None else "-",
             ],
             args,
         )
 
         def answer(result: Sequence[Any]) -> Published:
+            if result[0] == b"once":
+                assert once is not None
+                return _replayed(once, result[1])
             return Published(
                 seq=int(result[1]),
                 delivered=int(result[2]),
@@ -813,6 +827,20 @@ class RedisBackplane:
             [self._node_key(node), self._node_key(node) + ":orgs"],
             [node, f"{self._prefix}:"],
         ).addErrback(_ignore_unavailable)
+
+
+def _replayed(once: Once, recorded: bytes) -> Published:
+    """The answer recorded for an idempotency key (``publish.lua``).
+
+    :raises IdempotencyConflict: when it was recorded for another request.
+    """
+    fingerprint, seq, counts = recorded.decode("ascii").split("|")
+    if fingerprint != once.fingerprint:
+        raise IdempotencyConflict(once.key)
+    delivered, *per_target = (int(n) for n in counts.split(","))
+    return Published(
+        seq=int(seq), delivered=delivered, per_target=tuple(per_target), replayed=True
+    )
 
 
 def _split_presence(message: bytes) -> tuple[bytes, bytes, bytes]:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from officerouter import codes
 from officerouter.auth import Identity
-from officerouter.backplane import Backplane, LocalBackplane, Published
+from officerouter.backplane import Backplane, LocalBackplane, Once, Published
 from officerouter.catalog import MessageSpec
 from officerouter.effects import CloseUser
 from officerouter.history import (
@@ -90,7 +90,9 @@ class OrgRegistry:
         self._position_tick = position_tick
         self._history = history
         self._store: HistoryStore = store if store is not None else MemoryStore()
-        self.backplane: Backplane = backplane or LocalBackplane("local")
+        self.backplane: Backplane = backplane or LocalBackplane(
+            "local", now=clock.seconds
+        )
         self.backplane.watch(self.backplane_changed)
         self._outage_close = outage_close
         self._outage_call: IDelayedCall | None = None
@@ -429,7 +431,9 @@ class OrgRegistry:
         room = self._rooms[session.org_id]
         return room.receive(session, message)
 
-    def publish(self, notification: Notification) -> defer.Deferred[Published]:
+    def publish(
+        self, notification: Notification, once: Once | None = None
+    ) -> defer.Deferred[Published]:
         """Number, keep and route a backend notification, its effect included.
 
         One process: an org with a room (live, or kept for its history) numbers
@@ -438,6 +442,9 @@ class OrgRegistry:
         is numbered and kept in the shared stream, whichever process has the
         org's connections.
 
+        With ``once`` (an ``Idempotency-Key``), a retry within the key's window
+        answers what the first answered and does nothing else.
+
         :raises ContractError: (at once) when the payload cannot be encoded.
         """
         if self._stopped:
@@ -445,14 +452,14 @@ class OrgRegistry:
         org_id = notification.org_id
         room = self._rooms.get(org_id)
         if room is not None and org_id not in self._attaching:
-            return room.publish(notification)
+            return room.publish(notification, once)
         outgoing = prepare(self.catalog, _EmptyRoom(org_id), notification)
         bans = [a for a in outgoing.actions if isinstance(a, CloseUser) and a.ban]
         if bans:
             org_bans = self._org_bans(org_id)
             for action in bans:
                 org_bans[action.user_id] = self._clock.seconds()
-        return self.backplane.publish(org_id, outgoing)
+        return self.backplane.publish(org_id, outgoing, once)
 
     def notify(self, notification: Notification) -> int:
         """:meth:`publish` for one process, where it is done on return: how many

@@ -28,6 +28,7 @@ from officerouter.backplane import (
     Backplane,
     LocalBackplane,
     Numbered,
+    Once,
     Outgoing,
     Published,
     RemoteEntry,
@@ -182,7 +183,9 @@ class OrgRoom:
         backplane: Backplane | None = None,
     ) -> None:
         self.org_id = org_id
-        self._backplane: Backplane = backplane or LocalBackplane("local")
+        self._backplane: Backplane = backplane or LocalBackplane(
+            "local", now=clock.seconds
+        )
         # With several processes, this room's presence entries and position
         # updates are told to the others (and theirs received).
         self._shared = self._backplane.shared
@@ -632,13 +635,15 @@ class OrgRoom:
         """
         return prepare(self._catalog, self, notification)
 
-    def publish(self, notification: Notification) -> defer.Deferred[Published]:
+    def publish(
+        self, notification: Notification, once: Once | None = None
+    ) -> defer.Deferred[Published]:
         """Number, keep and route a backend notification through the backplane.
 
         With one process it is delivered before this returns; with several, as
         every process delivers the org's messages: in ``seq`` order.
         """
-        return self._backplane.publish(self.org_id, self.prepare(notification))
+        return self._backplane.publish(self.org_id, self.prepare(notification), once)
 
     def notify(self, notification: Notification) -> int:
         """Publish a notification and return how many connections it reached

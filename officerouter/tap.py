@@ -318,6 +318,13 @@ class Options(usage.Options):
             "Seconds messages, and idle orgs' streams, are kept for recovery.",
             _seconds("history-seconds"),
         ],
+        [
+            "idempotency-seconds",
+            None,
+            300.0,
+            "Seconds a notify's Idempotency-Key is remembered (retries answered once).",
+            _seconds("idempotency-seconds"),
+        ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
         [
             "redis",
@@ -814,7 +821,7 @@ def makeService(options: usage.Options) -> service.IService:
     link: RedisLink | None = None
     backplane: Backplane
     if settings.redis is None:
-        backplane = LocalBackplane(node_id)
+        backplane = LocalBackplane(node_id, now=reactor.seconds)
     else:
         if options["history"] != "memory":
             raise SystemExit(
@@ -870,6 +877,7 @@ def makeService(options: usage.Options) -> service.IService:
         factory,
         max_body_bytes=limits.max_body_bytes,
         http_timeout=options["http-timeout"],
+        idempotency_seconds=options["idempotency-seconds"],
         access_log=bool(options["access-log"]),
     )
     endpoint = listening_endpoint(options, reactor)

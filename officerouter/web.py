@@ -6,7 +6,9 @@ with 405 and ``Allow``.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,7 +21,12 @@ from twisted.web.resource import Resource
 
 from officerouter import codes
 from officerouter.auth import service_token_matches
-from officerouter.backplane import BackplaneUnavailable, Published
+from officerouter.backplane import (
+    BackplaneUnavailable,
+    IdempotencyConflict,
+    Once,
+    Published,
+)
 from officerouter.codec import ContractError, converter, decode_notify, dumps
 from officerouter.config import Settings
 from officerouter.inflight import InFlight
@@ -30,6 +37,7 @@ from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 log = Logger()
 
 JSON_TYPES = frozenset({b"application/json"})
+_IDEMPOTENCY_KEY = re.compile(rb"[\x21-\x7e]{1,255}")
 
 
 class OfficeChannel(http.HTTPChannel):
@@ -354,10 +362,16 @@ class NotifyResource(_MethodsResource):
 
     isLeaf = True
 
-    def __init__(self, registry: OrgRegistry, settings: Settings) -> None:
+    def __init__(
+        self,
+        registry: OrgRegistry,
+        settings: Settings,
+        idempotency_seconds: float = 300.0,
+    ) -> None:
         super().__init__()
         self._registry = registry
         self._settings = settings
+        self._idempotency_seconds = idempotency_seconds
 
     def render_POST(self, request: server.Request) -> bytes | int:
         try:
@@ -367,28 +381,75 @@ class NotifyResource(_MethodsResource):
             return _error(request, 500, codes.ERR_INTERNAL, "internal error")
         if isinstance(answer, bytes):
             return answer
+        publishing, targets = answer
         # Numbered by a shared backplane: answered when it is stored.  With one
         # process the Deferred has fired already and this is the same turn.
         body: list[bytes] = []
-        answer.addCallbacks(
-            lambda published: body.append(self._published(request, published)),
+        publishing.addCallbacks(
+            lambda published: body.append(self._published(request, published, targets)),
             lambda failure: body.append(self._failed(request, failure)),
         )
         if body:
             return body[0]
-        answer.addCallback(lambda _: _finish(request, body))
+        publishing.addCallback(lambda _: _finish(request, body))
         return server.NOT_DONE_YET
 
-    def _published(self, request: server.Request, published: Published) -> bytes:
+    def _published(
+        self,
+        request: server.Request,
+        published: Published,
+        targets: tuple[str, ...],
+    ) -> bytes:
         answer: dict[str, Any] = {"ok": True, "delivered": published.delivered}
         if published.seq is not None:
             answer["seq"] = published.seq
+        if targets:
+            answer["targets"] = dict(zip(targets, published.per_target, strict=True))
+        if published.replayed:
+            request.setHeader(b"idempotent-replayed", b"true")
         return _json(request, 200, answer)
 
     def _failed(self, request: server.Request, failure: Failure) -> bytes:
+        conflict = failure.value
+        if isinstance(conflict, IdempotencyConflict):
+            key = conflict.key
+            return _error(
+                request,
+                409,
+                codes.ERR_IDEMPOTENCY_CONFLICT,
+                f"Idempotency-Key {key!r} was used for another request",
+                (("Idempotency-Key", "used with another body within its window"),),
+            )
         return _read_failed(request, failure)
 
-    def _notify(self, request: server.Request) -> bytes | Deferred[Published]:
+    def _once(self, request: server.Request, body: bytes) -> Once | bytes | None:
+        """The request's ``Idempotency-Key``, or the 400 refusing it."""
+        raw = request.getHeader(b"idempotency-key")
+        if raw is None or self._idempotency_seconds <= 0:
+            return None
+        key = raw.strip()
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            return _error(
+                request,
+                400,
+                codes.ERR_BAD_REQUEST,
+                "the Idempotency-Key header is malformed",
+                (
+                    (
+                        "Idempotency-Key",
+                        "1 to 255 printable ASCII characters without spaces",
+                    ),
+                ),
+            )
+        return Once(
+            key=key.decode("ascii"),
+            fingerprint=hashlib.sha256(body).hexdigest(),
+            seconds=self._idempotency_seconds,
+        )
+
+    def _notify(
+        self, request: server.Request
+    ) -> bytes | tuple[Deferred[Published], tuple[str, ...]]:
         refused = _refuse_unless_service(request, self._settings, "notify")
         if refused is not None:
             return refused
@@ -402,6 +463,9 @@ class NotifyResource(_MethodsResource):
             )
         assert request.content is not None
         body = request.content.read()
+        once = self._once(request, body)
+        if isinstance(once, bytes):
+            return once
         try:
             notification = decode_notify(body, self._registry.catalog)
             reason = self._registry.unavailable()
@@ -409,7 +473,10 @@ class NotifyResource(_MethodsResource):
                 return _unavailable(request, reason)
             # Encoded before anything is numbered: a payload that cannot be
             # written (a plug-in's) is refused here too, with no effect.
-            return self._registry.publish(notification)
+            publishing = self._registry.publish(notification, once)
+            # A direct message is answered per target (the backend falls back
+            # to e-mail or push for those at 0).
+            return publishing, notification.targets
         except ContractError as e:
             log.info(
                 "rejected a notification from {peer}: {code} {errors}",
@@ -531,6 +598,7 @@ def make_site(
     max_body_bytes: int,
     http_timeout: float = 30.0,
     access_log: bool = False,
+    idempotency_seconds: float = 300.0,
 ) -> OfficeSite:
     """Build the one :class:`~twisted.web.server.Site` the daemon listens with.
 
@@ -541,7 +609,9 @@ def make_site(
     root = Resource()
     root.putChild(b"websocket", OfficeWebSocketResource(factory))
     internal = _Branch()
-    internal.putChild(b"notify", NotifyResource(registry, settings))
+    internal.putChild(
+        b"notify", NotifyResource(registry, settings, idempotency_seconds)
+    )
     internal.putChild(b"presence", PresenceResource(registry, settings))
     root.putChild(b"internal", internal)
     root.putChild(b"healthz", HealthResource(registry))

@@ -8,6 +8,7 @@ loopback.  What a router killed without a word or a Redis restart does is in
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -116,7 +117,10 @@ async def test_direct_reaches_the_named_users_on_any_router(cluster, token):
     bob = await b.connect(token("bob", ORG))
     await eventually(lambda: b.registry.user_connection_count(ORG, "alice") == 2)
     status, body = await a.notify(room_updated("for-alice", targets=["alice"]))
-    assert (status, body) == (200, {"ok": True, "delivered": 2, "seq": 1})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 2, "seq": 1, "targets": {"alice": 2}},
+    )
     for tab in (alice_a, alice_c):
         assert (await tab.next())["payload"]["name"] == "for-alice"
     await b.barrier(bob)
@@ -336,3 +340,27 @@ async def test_healthz_names_the_node(cluster):
     body = await cluster[1].health()
     assert body["node"] == "node-b"
     assert body["backplane"] == "up"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_to_another_router_is_answered_once(cluster, token):
+    """An Idempotency-Key is shared by every router: a retry posted to another
+    one gets the first answer and delivers nothing again."""
+    a, b, _ = cluster
+    alice = await a.connect(token("alice", ORG))
+    headers = {
+        "CF-Access-Client-Id": a.service_id,
+        "CF-Access-Client-Secret": a.service_secret,
+        "Content-Type": "application/json",
+        "Idempotency-Key": "knock-42",
+    }
+    data = json.dumps(room_updated("once")).encode()
+    first = await a.http("POST", "/internal/notify", headers=headers, data=data)
+    retry = await b.http("POST", "/internal/notify", headers=headers, data=data)
+    assert first.code == retry.code == 200
+    assert retry.json() == first.json()
+    assert retry.headers.getRawHeaders(b"idempotent-replayed") == [b"true"]
+    assert (await alice.next())["payload"]["name"] == "once"
+    await a.notify(room_updated("marker", targets=["alice"]))
+    assert (await alice.next())["payload"]["name"] == "marker"
+    assert alice.seqs == [1, 2]

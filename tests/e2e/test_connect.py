@@ -219,7 +219,10 @@ async def test_forged_headers_and_query_do_not_change_identity(router: Router, t
             "payload": {"roomId": "b-room", "name": "for mallory"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 0, "seq": 2})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 0, "seq": 2, "targets": {"mallory": 0}},
+    )
 
     # A relay is stamped with the token's user, not the forged one.
     alice.send_json({"type": "position_update", "payload": {"x": 1, "y": 2}})

@@ -383,3 +383,100 @@ async def test_contract_violations_are_400(router: Router, token, body, code, pa
 
 
 deployment = both_deployments
+
+
+async def post_once(
+    router: Router, body: dict[str, Any], key: str | None
+) -> tuple[int, Any, list[bytes] | None]:
+    """POST a notification with an ``Idempotency-Key``: status, answer, and the
+    ``Idempotent-Replayed`` header."""
+    headers = {
+        "CF-Access-Client-Id": SERVICE_ID,
+        "CF-Access-Client-Secret": SERVICE_SECRET,
+        "Content-Type": "application/json",
+    }
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    result = await router.http(
+        "POST", "/internal/notify", headers=headers, data=json.dumps(body).encode()
+    )
+    return (
+        result.code,
+        result.json(),
+        result.headers.getRawHeaders(b"idempotent-replayed"),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_message_is_answered_per_target(router: Router, token):
+    """A direct message's answer counts the connections of each target, so the
+    backend knows whom to reach another way."""
+    await router.connect(token("alice", "org-a"))
+    await router.connect(token("alice", "org-a"))
+    await router.connect(token("bob", "org-a"))
+    status, body = await router.notify(
+        with_(routing="direct", targets=["alice", "bob", "nobody"])
+    )
+    assert status == 200
+    assert body["delivered"] == 3
+    assert body["targets"] == {"alice": 2, "bob": 1, "nobody": 0}
+    status, body = await router.notify(GOOD)
+    assert "targets" not in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_with_the_same_key_is_answered_once(router: Router, token):
+    """A retry with the same Idempotency-Key and body gets the first answer
+    (same seq) and delivers nothing again; the header says it was replayed."""
+    client = await listener(router, token)
+    first = await post_once(router, GOOD, "retry-1")
+    assert first[0] == 200
+    assert first[2] is None
+    assert (await client.next())["type"] == "room_updated"
+    again = await post_once(router, GOOD, "retry-1")
+    assert again[:2] == first[:2]
+    assert again[2] == [b"true"]
+    other = await post_once(router, GOOD, "retry-2")
+    assert other[1]["seq"] == first[1]["seq"] + 1
+    assert (await client.next())["type"] == "room_updated"
+    assert client.seqs == [first[1]["seq"], other[1]["seq"]]
+    await router.barrier(client)
+    assert client.pending() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_reused_for_another_body_is_409(router: Router, token):
+    """The same Idempotency-Key with another body is a 409 naming the key, and
+    nothing is published."""
+    client = await listener(router, token)
+    first = await post_once(router, GOOD, "ban-eve")
+    assert first[0] == 200
+    assert (await client.next())["type"] == "room_updated"
+    status, body, _ = await post_once(
+        router, with_(payload={"roomId": "r2", "name": "Other"}), "ban-eve"
+    )
+    assert status == 409
+    assert body["error"] == "idempotency_conflict"
+    assert "ban-eve" in body["message"]
+    await router.barrier(client)
+    assert client.pending() == []
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "é"])
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_key_is_400(router: Router, key):
+    """An Idempotency-Key that is empty, too long or not printable ASCII is a
+    400 naming the header; nothing is published."""
+    headers = {
+        "CF-Access-Client-Id": SERVICE_ID,
+        "CF-Access-Client-Secret": SERVICE_SECRET,
+        "Content-Type": "application/json",
+    }
+    result = await router.http(
+        "POST",
+        "/internal/notify",
+        headers={**headers, "Idempotency-Key": key},
+        data=json.dumps(GOOD).encode(),
+    )
+    assert result.code == 400
+    assert result.json()["errors"][0]["path"] == "Idempotency-Key"

@@ -75,7 +75,15 @@ async def test_the_three_documented_calls_work_verbatim(router: Router, token):
     assert answers == [
         (200, {"ok": True, "delivered": 2, "seq": 1}),
         (200, {"ok": True, "delivered": 2, "seq": 2}),
-        (200, {"ok": True, "delivered": 1, "seq": 3}),
+        (
+            200,
+            {
+                "ok": True,
+                "delivered": 1,
+                "seq": 3,
+                "targets": {"user_01JZAZ78ZD9GZQXH3YKQ5WFXVP": 1},
+            },
+        ),
     ]
     room = {
         "type": "room_updated",

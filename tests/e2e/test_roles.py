@@ -96,7 +96,10 @@ async def test_pending_guest_gets_direct_messages_only(router: Router, token):
             "payload": {"roomId": "lobby", "name": "Lobby"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 4})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 1, "seq": 4, "targets": {"gail": 1}},
+    )
     assert await guest.next() == {
         "type": "room_updated",
         "payload": {"roomId": "lobby", "name": "Lobby"},
@@ -164,7 +167,10 @@ async def test_demotion_excludes_a_member_from_then_on(router: Router, token):
     status, body = await router.notify(
         user_updated("alice", "pending_guest", routing="direct", targets=["alice"])
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 4})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 1, "seq": 4, "targets": {"alice": 1}},
+    )
     assert await alice.next() == {
         "type": "user_updated",
         "payload": {"userId": "alice", "role": "pending_guest"},
@@ -196,7 +202,10 @@ async def test_user_updated_for_someone_else_changes_nobody(router: Router, toke
             "payload": {"userId": "gail", "role": "member"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 1})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 1, "seq": 1, "targets": {"gail": 1}},
+    )
     assert (await elsewhere.next())["type"] == "user_updated"
     await assert_excluded(router, guest, member)
 
@@ -213,7 +222,7 @@ async def test_ban_is_delivered_then_closes_the_users_tabs_with_4003(
 
     assert await router.notify(ban("eve")) == (
         200,
-        {"ok": True, "delivered": 2, "seq": 1},
+        {"ok": True, "delivered": 2, "seq": 1, "targets": {"eve": 2}},
     )
 
     banned = {
@@ -239,7 +248,7 @@ async def test_token_issued_before_a_ban_is_refused(router: Router, token):
     eve = await router.connect(old_token)
     assert await router.notify(ban("eve")) == (
         200,
-        {"ok": True, "delivered": 1, "seq": 1},
+        {"ok": True, "delivered": 1, "seq": 1, "targets": {"eve": 1}},
     )
     await eve.wait_closed()
 
@@ -306,7 +315,10 @@ async def test_demotion_while_away_holds_for_the_old_token(router: Router, token
         {"ok": True, "delivered": 1, "seq": 2},
     )
     direct = {**broadcast("for-alice"), "routing": "direct", "targets": ["alice"]}
-    assert await router.notify(direct) == (200, {"ok": True, "delivered": 0, "seq": 3})
+    assert await router.notify(direct) == (
+        200,
+        {"ok": True, "delivered": 0, "seq": 3, "targets": {"alice": 0}},
+    )
 
     back = await router.connect(member_token, query=f"?since={since}")
     assert back.welcome["payload"]["role"] == "pending_guest"

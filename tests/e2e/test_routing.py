@@ -73,7 +73,15 @@ async def test_direct_reaches_all_tabs_of_the_named_users_only(router: Router, t
         )
     )
 
-    assert (status, body) == (200, {"ok": True, "delivered": 3, "seq": 1})
+    assert (status, body) == (
+        200,
+        {
+            "ok": True,
+            "delivered": 3,
+            "seq": 1,
+            "targets": {"alice": 2, "bob": 1, "nobody": 0},
+        },
+    )
     for client in (alice_1, alice_2, bob):
         assert await client.next() == frame("secret")
     await router.barrier(alice_1, bob, carol, bob_elsewhere)
@@ -105,7 +113,10 @@ async def test_other_message_types_are_routed_as_sent(router: Router, token):
             "payload": {"guestId": "guest-7", "name": "Visitor"},
         }
     )
-    assert (status, body) == (200, {"ok": True, "delivered": 1, "seq": 2})
+    assert (status, body) == (
+        200,
+        {"ok": True, "delivered": 1, "seq": 2, "targets": {"ada": 1}},
+    )
 
     deleted = {
         "type": "space_deleted",

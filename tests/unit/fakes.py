@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from officerouter.auth import Identity
 from officerouter.backplane import (
     Numbered,
+    Once,
     OrgFeed,
     Outgoing,
     Published,
@@ -244,7 +245,9 @@ class FakeBackplane:
         self.rooms.pop(org_id, None)
         self.detached.append(org_id)
 
-    def publish(self, org_id: str, message: Outgoing) -> defer.Deferred[Published]:
+    def publish(
+        self, org_id: str, message: Outgoing, once: Once | None = None
+    ) -> defer.Deferred[Published]:
         if self.refuse is not None:
             return defer.fail(self.refuse)
         self.published.append((org_id, message))

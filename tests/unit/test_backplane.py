@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 import txredisapi
@@ -23,8 +24,10 @@ from twisted.logger import LogLevel, capturedLogs
 from officerouter import codes
 from officerouter.backplane import (
     BackplaneUnavailable,
+    IdempotencyConflict,
     LocalBackplane,
     Numbered,
+    Once,
     Outgoing,
     Published,
     RemoteEntry,
@@ -859,10 +862,12 @@ def test_local_backplane_without_a_room_keeps_nothing(clock):
     the registry still remembers a ban in it."""
     registry = make_registry(clock)
     head, tail = encode_numbered("room_updated", RoomUpdated(roomId="r", name="x"))
-    answer = registry.backplane.publish("org-z", Outgoing("room_updated", head, tail))
-    assert result_of(answer) == Published(seq=None, delivered=0)
+    answer = registry.backplane.publish(
+        "org-z", Outgoing("room_updated", head, tail, targets=("ann",))
+    )
+    assert result_of(answer) == Published(seq=None, delivered=0, per_target=(0,))
     assert result_of(registry.publish(ban("mallory", org="org-z"))) == Published(
-        seq=None, delivered=0
+        seq=None, delivered=0, per_target=(0,)
     )
     with pytest.raises(RefusedError):
         registry.check_admission(identity("mallory", "org-z"))
@@ -1232,12 +1237,13 @@ def test_publish_passes_the_arguments_publish_lua_reads(redis, link, reactor):
     args = link.answer("EVALSHA", [b"e1", b"7", b"3", b"1", b"2"])
     assert args[1:] == (
         script_digest("publish"),
-        5,
+        6,
         "t:{org-a}:meta",
         STREAM,
         "t:{org-a}:count",
         "t:{org-a}:bans",
         "t:{org-a}:roles",
+        "-",
         CHANNEL,
         "fresh",
         "12.5",
@@ -1248,6 +1254,8 @@ def test_publish_passes_the_arguments_publish_lua_reads(redis, link, reactor):
         header_tail(message),
         3600,
         "0",
+        "",
+        0,
         2,
         "bob",
         "carol",
@@ -1260,7 +1268,7 @@ def test_publish_passes_the_arguments_publish_lua_reads(redis, link, reactor):
     assert result_of(d) == Published(seq=7, delivered=3, per_target=(1, 2))
     d = redis.publish(ORG, outgoing())
     args = link.answer("EVALSHA", [b"e1", b"8", b"5"])
-    assert args[-5:] == (3600, "1", 0, 0, 0)
+    assert args[-7:] == (3600, "1", "", 0, 0, 0, 0)
     assert result_of(d) == Published(seq=8, delivered=5)
 
 
@@ -1592,3 +1600,25 @@ def test_actions_round_trip():
     actions = (SetRole("u", "admin"), CloseUser("v", 4003, "banned", ban=True))
     assert decode_actions(encode_actions(actions)) == actions
     assert decode_actions(None) == ()
+
+
+def test_local_idempotency_key_answers_once_within_its_window(clock):
+    """One process remembers an idempotency key for its window: a retry is the
+    first answer (nothing numbered again), another body a conflict, and after
+    the window the key is free again."""
+    backplane = LocalBackplane("solo", now=clock.seconds)
+    head, tail = encode_numbered("room_updated", RoomUpdated(roomId="r", name="x"))
+    message = Outgoing("room_updated", head, tail, targets=("ann",))
+    once = Once(key="k1", fingerprint="body-1", seconds=10)
+    first = result_of(backplane.publish("org-q", message, once))
+    assert first == Published(seq=None, delivered=0, per_target=(0,))
+    again = result_of(backplane.publish("org-q", message, once))
+    assert again == attrs.evolve(first, replayed=True)
+    conflict = failure_of(
+        backplane.publish("org-q", message, attrs.evolve(once, fingerprint="body-2"))
+    )
+    assert conflict.check(IdempotencyConflict)
+    assert conflict.value.key == "k1"
+    clock.advance(10)
+    later = result_of(backplane.publish("org-q", message, once))
+    assert later.replayed is False
