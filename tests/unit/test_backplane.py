@@ -56,7 +56,7 @@ from officerouter.redis_backplane import (
     parse_entry,
     parse_record,
 )
-from officerouter.redis_client import RedisUnavailable
+from officerouter.redis_client import RedisLink, RedisUnavailable
 from officerouter.registry import OrgRegistry
 from officerouter.rooms import OrgRoom, RefusedError, Session
 
@@ -1622,3 +1622,15 @@ def test_local_idempotency_key_answers_once_within_its_window(clock):
     clock.advance(10)
     later = result_of(backplane.publish("org-q", message, once))
     assert later.replayed is False
+
+
+def test_rediss_connects_through_tls():
+    """A ``rediss://`` URL wraps the connection in TLS, checked against the
+    host's name; ``redis://`` connects in the clear."""
+    reactor = MemoryReactorClock()
+    secure = RedisLink._endpoint(
+        parse_redis_url("rediss://cache.example:6390"), reactor
+    )
+    plain = RedisLink._endpoint(parse_redis_url("redis://cache.example"), reactor)
+    assert type(secure).__name__ == "_WrapperEndpoint"
+    assert type(plain).__name__ == "HostnameEndpoint"

@@ -12,6 +12,7 @@ from officerouter.config import (
     Settings,
     has_verify_keys,
     load_settings,
+    parse_redis_url,
     read_env_file,
     unescape_pem,
 )
@@ -408,3 +409,66 @@ def test_settings_is_frozen(settings):
     with pytest.raises(AttributeError):
         settings.service_client_secret = "other"  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost", ("localhost", 6379, 0, None, None, False)),
+        ("redis://10.0.0.5:6380/3", ("10.0.0.5", 6380, 3, None, None, False)),
+        ("redis://:s%40cret@cache/1", ("cache", 6379, 1, None, "s@cret", False)),
+        (
+            "rediss://app:pw@cache.example:6390",
+            ("cache.example", 6390, 0, "app", "pw", True),
+        ),
+        ("redis://[::1]:7000/", ("::1", 7000, 0, None, None, False)),
+    ],
+)
+def test_redis_urls_are_parsed(url, expected):
+    """REDIS_URL gives host, port, database, user, password and TLS."""
+    target = parse_redis_url(url)
+    assert (
+        target.host,
+        target.port,
+        target.db,
+        target.username,
+        target.password,
+        target.tls,
+    ) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://:secret-pw@cache/0",
+        "redis://:secret-pw@/0",
+        "redis://:secret-pw@cache:99999/0",
+        "redis://:secret-pw@cache/zero",
+        "redis://:secret-pw@cache/0?timeout=1",
+        "cache:6379",
+    ],
+)
+def test_bad_redis_urls_name_the_variable_not_the_password(url):
+    """An unusable Redis URL is a ConfigError naming the variable and the form,
+    never repeating the URL (it may hold a password)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_redis_url(url)
+    assert caught.value.variable == "REDIS_URL"
+    assert "redis://" in caught.value.fix
+    assert "secret-pw" not in str(caught.value)
+
+
+def test_redis_url_comes_from_the_environment_or_the_file(tmp_path, environ):
+    """REDIS_URL is read like every variable (environment over file), and the
+    settings never show the password."""
+    env_file = tmp_path / "env"
+    env_file.write_text('REDIS_URL="redis://:file-pw@from-file/2"\n')
+    settings = load_settings(environ, env_file)
+    assert settings.redis is not None
+    assert (settings.redis.host, settings.redis.db) == ("from-file", 2)
+    assert "file-pw" not in repr(settings)
+    assert "file-pw" not in settings.redis.describe()
+    settings = load_settings({**environ, "REDIS_URL": "redis://env/1"}, env_file)
+    assert settings.redis is not None
+    assert settings.redis.host == "env"
+    assert load_settings(environ, None).redis is None
