@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from officerouter.codec import ContractError, is_unicode, parse_json
 from officerouter.messages import MAX_ID_LENGTH, ROLES
+from officerouter.messages import MAX_TOKEN_BYTES as MAX_TOKEN_BYTES
 
 ALLOWED_ALGORITHMS: Final = frozenset({"RS256", "ES256", "EdDSA"})
-MAX_TOKEN_BYTES: Final = 8192
 # Time claims beyond this (year 285 million) are not dates.
 _MAX_TIME: Final = 2**53
 BEARER: Final = "bearer"

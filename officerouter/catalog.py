@@ -21,6 +21,7 @@ from officerouter.effects import Effect
 from officerouter.messages import (
     GuestKnock,
     PositionUpdate,
+    RefreshToken,
     RoomUpdated,
     SpaceDeleted,
     UserBanned,
@@ -53,6 +54,7 @@ class MessageSpec:
     routings: frozenset[str] = frozenset()
     effect: Effect | None = None
     ephemeral: bool = False
+    local: bool = False
 
 
 BUILTIN: Final[Mapping[str, MessageSpec]] = MappingProxyType(
@@ -68,6 +70,9 @@ BUILTIN: Final[Mapping[str, MessageSpec]] = MappingProxyType(
         "guest_knock": MessageSpec(payload=GuestKnock, routings=frozenset({DIRECT})),
         "position_update": MessageSpec(
             payload=PositionUpdate, client_allowed=True, ephemeral=True
+        ),
+        "refresh_token": MessageSpec(
+            payload=RefreshToken, client_allowed=True, local=True
         ),
     }
 )

@@ -13,6 +13,7 @@ CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_TRY_AGAIN_LATER: Final = 1013
+CLOSE_TOKEN_EXPIRED: Final = 4001
 CLOSE_BANNED: Final = 4003
 
 # Codes carried by {"type":"error","payload":{"code":...}} frames and HTTP 4xx bodies.
@@ -33,9 +34,12 @@ ERR_REQUEST_TIMEOUT: Final = "request_timeout"
 ERR_NOT_FOUND: Final = "not_found"
 ERR_UNAVAILABLE: Final = "unavailable"
 ERR_IDEMPOTENCY_CONFLICT: Final = "idempotency_conflict"
+ERR_REFRESH_REFUSED: Final = "refresh_refused"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"
+REASON_TOKEN_EXPIRED: Final = "token expired; reconnect with a fresh token"
+REASON_OTHER_IDENTITY: Final = "token is for another user or org"
 REASON_BINARY: Final = "binary frames are not supported"
 REASON_SHUTDOWN: Final = "server shutting down"
 REASON_INTERNAL: Final = "internal error"

@@ -22,6 +22,8 @@ MAX_NAME_LENGTH: Final = 200
 MAX_REASON_LENGTH: Final = 1000
 MAX_TARGETS: Final = 1000
 MAX_COORDINATE: Final = 1e9
+#: The longest token accepted, at the handshake or in ``refresh_token``.
+MAX_TOKEN_BYTES: Final = 8192
 
 
 def _text(max_length: int, *, allow_empty: bool = False) -> Any:
@@ -122,6 +124,13 @@ class GuestKnock:
 
 
 @attrs.frozen(kw_only=True)
+class RefreshToken:
+    """A client's fresh token for its connection; answered, never relayed."""
+
+    token: str = attrs.field(validator=_text(MAX_TOKEN_BYTES))
+
+
+@attrs.frozen(kw_only=True)
 class PositionUpdate:
     """An avatar moved."""
 
@@ -152,6 +161,16 @@ class ClientMessage:
 
     type: str
     payload: Any
+
+
+@attrs.frozen(kw_only=True)
+class TokenRefreshed:
+    """The payload of ``token_refreshed``: the connection now lasts until ``expiresAt``.
+
+    ``expiresAt`` is the new token's ``exp`` in whole seconds since the epoch.
+    """
+
+    expiresAt: int
 
 
 @attrs.frozen(kw_only=True)

@@ -431,6 +431,16 @@ class OrgRegistry:
         room = self._rooms[session.org_id]
         return room.receive(session, message)
 
+    def refresh_role(self, session: Session, role: str) -> None:
+        """Give the user of a session whose token was refreshed the token's role.
+
+        Applied to the user's sessions on this process only; with several
+        processes the others keep the role their own tokens carry.
+        """
+        room = self._rooms.get(session.org_id)
+        if room is not None and session.role != role:
+            room.refresh_role(session.user_id, role)
+
     def publish(
         self, notification: Notification, once: Once | None = None
     ) -> defer.Deferred[Published]:

@@ -739,6 +739,17 @@ class OrgRoom:
             return [lambda: self._admitted(user_id)]
         return []
 
+    def refresh_role(self, user_id: str, role: str) -> None:
+        """A user's refreshed token carries another role: apply it now, as a
+        ``user_updated`` would, to this process's sessions of the user.
+
+        Nothing is relayed or numbered: the others see the presence events
+        (``user_role_changed``, ``user_joined``, ``user_left``) only.
+        """
+        self._deliver_events()
+        for then in self._set_role(user_id, role):
+            then()
+
     def _admitted(self, user_id: str) -> None:
         """A pending guest was let in: they see the floor, the floor sees them."""
         if self._presence.get(user_id) is None:

@@ -325,6 +325,21 @@ class Options(usage.Options):
             "Seconds a notify's Idempotency-Key is remembered (retries answered once).",
             _seconds("idempotency-seconds"),
         ],
+        [
+            "token-expiry",
+            None,
+            "enforce",
+            "enforce: close a connection (4001) when its token expires unless the "
+            "client sent refresh_token; ignore: a connection outlives its token "
+            "(for clients that cannot refresh).",
+        ],
+        [
+            "token-expiry-grace",
+            None,
+            10.0,
+            "Seconds past a token's exp before its connection is closed.",
+            _seconds("token-expiry-grace"),
+        ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
         [
             "redis",
@@ -388,6 +403,8 @@ class Options(usage.Options):
             self["port"] = DEV_PORT if self["dev"] else DEFAULT_PORT
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError("--log-format must be text or json")
+        if self["token-expiry"] not in ("enforce", "ignore"):
+            raise usage.UsageError("--token-expiry must be enforce or ignore")
         if self["soft-buffer-bytes"] >= self["hard-buffer-bytes"]:
             raise usage.UsageError(
                 "--soft-buffer-bytes must be below --hard-buffer-bytes"
@@ -870,6 +887,8 @@ def makeService(options: usage.Options) -> service.IService:
         ping_timeout=options["ping-timeout"],
         permessage_deflate=bool(options["permessage-deflate"]),
         direct_writes=not options["no-direct-writes"],
+        token_expiry_enforced=options["token-expiry"] == "enforce",
+        token_expiry_grace=options["token-expiry-grace"],
     )
     site = make_site(
         registry,

@@ -48,9 +48,16 @@ from officerouter.auth import (
     TokenVerifier,
     token_from_subprotocols,
 )
-from officerouter.codec import Burst, ContractError, Encoded, decode_client
+from officerouter.codec import (
+    Burst,
+    ContractError,
+    Encoded,
+    decode_client,
+    encode,
+)
 from officerouter.inflight import InFlight
 from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
+from officerouter.messages import ClientMessage, RefreshToken, TokenRefreshed
 from officerouter.registry import OrgRegistry
 from officerouter.rooms import RefusedError, Session, error_frame
 
@@ -201,6 +208,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._scheduled = False
         self._compressing = False
         self._direct = False
+        self._expiry: IDelayedCall | None = None
         self.paused = False
 
     # ------------------------------------------------------------ handshake
@@ -340,6 +348,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self._log.failure("unexpected error joining a room")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
             return
+        self._expire_at(self._identity.expires_at)
         self._release_handshake()
 
     #: What Autobahn keeps of the opening handshake.  Nothing reads it once the
@@ -380,9 +389,11 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             return
         registry = self.factory.registry
         try:
-            session.check_may_send()
-            message = decode_client(payload, registry.catalog)
-            registry.receive(session, message)
+            message = self._decode(session, payload)
+            if registry.catalog[message.type].local:
+                self._refresh(session, message)
+            else:
+                registry.receive(session, message)
         except ContractError as e:
             self._log.info(
                 "rejected a frame from connection {connection_id}: {code}",
@@ -393,6 +404,88 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("unexpected error handling a client frame")
             self.close(codes.CLOSE_INTERNAL_ERROR, codes.REASON_INTERNAL)
+
+    def _decode(self, session: Session, payload: bytes) -> ClientMessage:
+        """Decode a client frame; a pending guest may only ask for a refresh.
+
+        Anything else a pending guest sends, well-formed or not, is answered
+        ``not_permitted``, as before there was a frame it may send.
+        """
+        catalog = self.factory.registry.catalog
+        if session.admitted:
+            return decode_client(payload, catalog)
+        try:
+            message = decode_client(payload, catalog)
+        except ContractError:
+            session.check_may_send()
+            raise
+        if not catalog[message.type].local:
+            session.check_may_send()
+        return message
+
+    # ------------------------------------------------------------ token lifetime
+
+    def _expire_at(self, expires_at: float) -> None:
+        """Close the connection when its token has expired, after the grace."""
+        factory = self.factory
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if not factory.token_expiry_enforced:
+            return
+        delay = max(
+            0.0, expires_at + factory.token_expiry_grace - factory.clock.seconds()
+        )
+        self._expiry = factory.clock.callLater(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        session = self._session
+        self._log.info(
+            "closing connection {connection_id}: token expired",
+            connection_id=session.connection_id if session else None,
+        )
+        self.close(codes.CLOSE_TOKEN_EXPIRED, codes.REASON_TOKEN_EXPIRED)
+
+    def _refresh(self, session: Session, message: ClientMessage) -> None:
+        """Verify a fresh token for this connection, as at the handshake.
+
+        The same user in the same org: the connection lasts until its expiry,
+        and takes its role.  Otherwise it is refused with an ``error`` frame and
+        the connection keeps its old expiry.
+        """
+        payload = message.payload
+        assert isinstance(payload, RefreshToken)
+        factory = self.factory
+        try:
+            identity = factory.verifier.verify(payload.token)
+            factory.registry.check_admission(identity)
+            if (identity.user_id, identity.org_id) != (session.user_id, session.org_id):
+                raise AuthError(codes.REASON_OTHER_IDENTITY)
+        except (AuthError, RefusedError) as e:
+            self._log.info(
+                "refused a token refresh from connection {connection_id} "
+                "({user_id} in {org_id}): {reason}",
+                connection_id=session.connection_id,
+                user_id=session.user_id,
+                org_id=session.org_id,
+                reason=e.reason,
+            )
+            self.send(
+                error_frame(
+                    ContractError(
+                        codes.ERR_REFRESH_REFUSED, [("$.payload.token", e.reason)]
+                    )
+                )
+            )
+            return
+        self._expire_at(identity.expires_at)
+        self.send(
+            encode(
+                "token_refreshed", TokenRefreshed(expiresAt=int(identity.expires_at))
+            )
+        )
+        factory.registry.refresh_role(session, identity.role)
 
     def onPing(self, payload: bytes) -> None:
         # Autobahn answers each ping at once with transport.write, past the
@@ -441,6 +534,9 @@ class OfficeServerProtocol(WebSocketServerProtocol):
 
     def _leave(self) -> None:
         """Leave the room and free the queue; idempotent."""
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None and expiry.active():
+            expiry.cancel()
         if self._outbox is not None:
             self._outbox.clear()
         session, self._session = self._session, None
@@ -574,6 +670,8 @@ class OfficeServerFactory(WebSocketServerFactory):
         ping_timeout: float = 10.0,
         open_handshake_timeout: float = 10.0,
         close_handshake_timeout: float = 5.0,
+        token_expiry_enforced: bool = True,
+        token_expiry_grace: float = 10.0,
         **kwargs: Any,
     ) -> None:
         # No version in the Server header, and no HTML status page on a plain GET.
@@ -585,6 +683,10 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.limits = limits
         self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
+        #: Close each connection when its token expires (``--token-expiry``),
+        #: this many seconds after ``exp`` (``--token-expiry-grace``).
+        self.token_expiry_enforced = token_expiry_enforced
+        self.token_expiry_grace = token_expiry_grace
         #: Try the socket before Twisted's buffer (plain TCP only; see
         #: :func:`direct_writes_possible`).
         self.direct_writes = direct_writes

@@ -643,6 +643,7 @@ def build_router_parts(
 
     :param options: ``auto_knock``, ``ban_memory``, ``ping_interval``,
         ``ping_timeout``, ``allowed_origins`` (a list), ``direct_writes``,
+        ``token_expiry`` (``enforce`` or ``ignore``), ``token_expiry_grace``,
         ``http_timeout``, and any field of :class:`~officerouter.limits.Limits`.
     """
     registry = OrgRegistry(
@@ -669,6 +670,8 @@ def build_router_parts(
         ping_timeout=options.pop("ping_timeout", 10),
         permessage_deflate=options.pop("permessage_deflate", False),
         direct_writes=options.pop("direct_writes", True),
+        token_expiry_enforced=options.pop("token_expiry", "enforce") == "enforce",
+        token_expiry_grace=options.pop("token_expiry_grace", 10.0),
     )
     site = make_site(
         registry,

@@ -21,9 +21,11 @@ from officerouter.codec import ContractError, decode_client, decode_notify
 from officerouter.config import ConfigError
 from officerouter.effects import CloseUser, SetRole, user_banned, user_updated
 from officerouter.messages import (
+    MAX_TOKEN_BYTES,
     GuestKnock,
     Notification,
     PositionUpdate,
+    RefreshToken,
     RoomUpdated,
     SpaceDeleted,
     UserBanned,
@@ -50,7 +52,7 @@ def effect_entry(name: str, attr: str, module: str = SAMPLE) -> EntryPoint:
 
 
 def test_builtin_types_and_payloads():
-    """The catalog holds the six types of the contract with their payload classes."""
+    """The catalog holds the seven types of the contract with their payload classes."""
     assert {name: spec.payload for name, spec in BUILTIN.items()} == {
         "room_updated": RoomUpdated,
         "space_deleted": SpaceDeleted,
@@ -58,6 +60,7 @@ def test_builtin_types_and_payloads():
         "user_banned": UserBanned,
         "guest_knock": GuestKnock,
         "position_update": PositionUpdate,
+        "refresh_token": RefreshToken,
     }
 
 
@@ -70,6 +73,7 @@ def test_builtin_routings():
         "user_banned": {"direct"},
         "guest_knock": {"direct"},
         "position_update": set(),
+        "refresh_token": set(),
     }
 
 
@@ -86,10 +90,28 @@ def test_only_positions_are_ephemeral():
     ]
 
 
+def test_only_refresh_token_is_local():
+    """refresh_token is the only type the adapter answers instead of relaying."""
+    assert [name for name, spec in BUILTIN.items() if spec.local] == ["refresh_token"]
+
+
+def test_refresh_token_payload_is_capped():
+    """A refresh_token frame needs a non-empty token no longer than a handshake's."""
+    frame = {"type": "refresh_token", "payload": {"token": "a.b.c"}}
+    message = decode_client(json.dumps(frame).encode(), BUILTIN)
+    assert message.payload == RefreshToken(token="a.b.c")
+    for token in ("", "x" * (MAX_TOKEN_BYTES + 1)):
+        frame = {"type": "refresh_token", "payload": {"token": token}}
+        with pytest.raises(ContractError) as caught:
+            decode_client(json.dumps(frame).encode(), BUILTIN)
+        assert caught.value.code == codes.ERR_INVALID_MESSAGE
+        assert caught.value.errors[0][0] == "$.payload.token"
+
+
 def test_allowed_client_types_are_derived():
     """ALLOWED_CLIENT_MESSAGE_TYPES is exactly the client-allowed catalog entries."""
     derived = {name for name, spec in BUILTIN.items() if spec.client_allowed}
-    assert derived == {"position_update"}
+    assert derived == {"position_update", "refresh_token"}
     assert frozenset(derived) == ALLOWED_CLIENT_MESSAGE_TYPES
 
 

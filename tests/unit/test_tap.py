@@ -71,6 +71,8 @@ def test_option_defaults():
     assert options["max-body-bytes"] == 65536
     assert options["ban-memory"] == 3600.0
     assert options["log-format"] == "text"
+    assert options["token-expiry"] == "enforce"
+    assert options["token-expiry-grace"] == 10.0
 
 
 def test_options_are_coerced():
@@ -88,6 +90,10 @@ def test_options_are_coerced():
         "0",
         "--ban-memory",
         "60.5",
+        "--token-expiry",
+        "ignore",
+        "--token-expiry-grace",
+        "2.5",
     )
     assert options["port"] == "ssl:8443:privateKey=key.pem"
     assert options["env-file"] == "/etc/officerouter.vars"
@@ -96,6 +102,8 @@ def test_options_are_coerced():
     assert options["max-message-bytes"] == 1024
     assert options["ping-interval"] == 0.0
     assert options["ban-memory"] == 60.5
+    assert options["token-expiry"] == "ignore"
+    assert options["token-expiry-grace"] == 2.5
 
 
 def test_dev_listens_on_loopback_only():
@@ -144,6 +152,9 @@ def test_systemd_port_is_kept_verbatim():
         ["--ban-memory", "forever"],
         ["--shutdown-timeout", "-0.5"],
         ["--log-format", "xml"],
+        ["--token-expiry", "warn"],
+        ["--token-expiry-grace", "-1"],
+        ["--token-expiry-grace", "later"],
         ["--no-such-option"],
         ["--port"],
         ["extra-argument"],
