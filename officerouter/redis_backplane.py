@@ -24,6 +24,7 @@ trusted to be complete.  docs/cluster.md has the whole design and failure table.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -319,8 +320,6 @@ class RedisBackplane:
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         digest = self._hashes.get(name)
         if digest is None:
-            import hashlib
-
             digest = self._hashes[name] = hashlib.sha1(
                 self._scripts[name].encode("utf-8")
             ).hexdigest()
@@ -342,7 +341,7 @@ class RedisBackplane:
     def attach(self, room: OrgFeed) -> defer.Deferred[StreamState | None]:
         """Subscribe to the org, then read its state at one instant."""
         org_id = room.org_id
-        if self._link.up is False:
+        if not self._link.up:
             return defer.fail(RedisUnavailable("redis unavailable"))
         org = _Org(room, self.channel(org_id))
         self._orgs[org_id] = org
