@@ -5,6 +5,7 @@
     python bench/run.py --smoke --out /tmp/smoke
     python bench/run.py --name node-ws --cwd /tmp/sharedbench \\
         --cmd "bash peers/node-ws/start.sh" --out DIR
+    python bench/run.py --scenarios c1,c2,c3,c4 --out DIR    # cluster (Redis)
 
 Each run starts the server (pinned with ``taskset -c 0``, its own process group),
 waits for its port, runs the load generator ``gen/wsgen`` pinned to CPU 1, records
@@ -21,6 +22,12 @@ directory so the checkout's plugin cannot shadow the installed one. With ``--cmd
 any server that reads PORT, CONN_JWT_PUBLIC_KEY, CF_ACCESS_CLIENT_ID and
 CF_ACCESS_CLIENT_SECRET from its environment is run the same way, under
 ``bash -c "exec CMD"`` in ``--cwd``.
+
+The cluster scenarios (c1-c4) and ``--backplane redis`` also start a private
+``redis-server`` per run (``--port FREE --save "" --appendonly no``, pinned with
+``--redis-cpu``) and give each officerouter ``--redis URL --node-id bench-a``
+(``bench-b`` for the second process); with two processes both are pinned to the
+server core.  Every process is stopped after the run.
 
 Only 127.0.0.1 is contacted. Standard library only, besides what bench/tokens.py
 needs to sign tokens (PyJWT, cryptography).
@@ -41,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +66,17 @@ CONFIG_VARS = (
     "JWT_PRIVATE_KEY",
 )
 SCENARIOS = ("s1", "s2", "s2b", "s3", "s4", "s5")
+# Several officerouter processes sharing one Redis (the backplane), each beside the
+# same load on one process without Redis ("single"): see plans() and bench/README.md.
+CLUSTER_SCENARIOS = ("c1", "c2", "c3", "c4")
+# single: one process, no Redis; redis1: one process with --redis; redis2: two
+# processes with --redis, both on the server core.
+TOPOLOGIES = ("single", "redis1", "redis2")
+NODE_IDS = ("bench-a", "bench-b")
 # Scenarios that use officerouter extensions the peers in ../shared/bench lack
-# (s2b: ?positions=batched). They run only for servers started without --cmd.
-OFFICEROUTER_ONLY = frozenset({"s2b"})
+# (s2b: ?positions=batched; the cluster). They run only for servers started
+# without --cmd.
+OFFICEROUTER_ONLY = frozenset({"s2b", *CLUSTER_SCENARIOS})
 
 
 def log(*parts: Any) -> None:
@@ -103,6 +118,14 @@ def group_memory_kb(pgid: int) -> dict[str, int]:
             elif line.startswith("VmHWM:"):
                 total["hwm_kb"] += int(line.split()[1])
     return total
+
+
+def task_seconds() -> float:
+    """CPU seconds the whole machine spent in processes (user, nice, system):
+    /proc/stat without irq and softirq time, which no process is charged with."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:4]]
+    return sum(values) / os.sysconf("SC_CLK_TCK")
 
 
 def busy_seconds() -> float:
@@ -164,6 +187,58 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def process_times(pgid: int) -> tuple[float, float]:
+    """CPU seconds (utime+stime) and run_delay seconds (runnable, waiting for a
+    core) summed over a process group's processes and threads."""
+    cpu = delay = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in group_pids(pgid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rfind(")") + 2 :].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with open(f"{task.path}/schedstat") as f:
+                    delay += int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu, delay
+
+
+class WindowSampler:
+    """CPU of each named process group over the generator's window.
+
+    The generator announces the window's edges on stderr; :meth:`line` is given
+    every stderr line and samples ``/proc`` at those two.
+    """
+
+    def __init__(self, groups: dict[str, int]) -> None:
+        self.groups = groups
+        self._start: dict[str, tuple[float, float]] = {}
+        self._t0 = 0.0
+        self._tasks0 = 0.0
+        self.result: dict[str, dict[str, float]] = {}
+        #: CPU of every process on the machine over the window, % of a core.
+        self.tasks_pct: float | None = None
+
+    def line(self, text: str) -> None:
+        if text.startswith("wsgen: WINDOW start"):
+            self._t0 = time.monotonic()
+            self._tasks0 = task_seconds()
+            self._start = {k: process_times(g) for k, g in self.groups.items()}
+        elif text.startswith("wsgen: WINDOW end") and self._start:
+            window = time.monotonic() - self._t0
+            tasks = task_seconds() - self._tasks0
+            self.tasks_pct = round(100 * tasks / window, 1)
+            for name, pgid in self.groups.items():
+                cpu, delay = process_times(pgid)
+                cpu0, delay0 = self._start[name]
+                self.result[name] = {
+                    "cpu_pct": round(100 * (cpu - cpu0) / window, 1),
+                    "wait_pct": round(100 * (delay - delay0) / window, 2),
+                }
 
 
 def cpu_prefix(cpu: str) -> list[str]:
@@ -251,14 +326,27 @@ def twistd_has_option(twistd: Path, option: str) -> bool:
 class Server:
     """One server process group, started fresh for one run."""
 
-    def __init__(self, spec: ServerSpec, port: int, cpu: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        port: int,
+        cpu: str,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.spec = spec
         self.port = port
         self.cpu = cpu
         self.log_path = log_path
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[Any] | None = None
 
     def start(self) -> Server:
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process (its own session and process group)."""
         spec = self.spec
         if port_open(self.port):
             raise RuntimeError(f"port {self.port} is in use: not benchmarking that")
@@ -277,6 +365,7 @@ class Server:
             ]
             if spec.ping_off:
                 argv += ["--ping-interval", "0"]
+            argv += self.extra_args
             cwd = spec.scratch
         else:
             env.update(
@@ -299,6 +388,11 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait_ready(self) -> Server:
+        """Wait until the server accepts connections (then ``settle`` seconds)."""
+        assert self.proc is not None
+        spec = self.spec
         deadline = time.monotonic() + spec.start_timeout
         while not port_open(self.port):
             if self.proc.poll() is not None:
@@ -330,6 +424,65 @@ class Server:
             time.sleep(0.1)
 
 
+class RedisProcess:
+    """A private redis-server for one run: loopback, nothing on disk."""
+
+    def __init__(self, executable: str, port: int, cpu: str, directory: Path) -> None:
+        self.executable = executable
+        self.port = port
+        self.cpu = cpu
+        self.directory = directory
+        self.proc: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def argv(self) -> list[str]:
+        return [
+            self.executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+        ]
+
+    def start(self) -> RedisProcess:
+        if port_open(self.port):
+            raise RuntimeError(f"port {self.port} is in use: not starting redis there")
+        with (self.directory / "redis.log").open("ab") as logf:
+            self.proc = subprocess.Popen(
+                cpu_prefix(self.cpu) + self.argv(),
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start; see {self.directory}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+
 @contextlib.contextmanager
 def running(server: Server) -> Iterator[Server]:
     """Start ``server`` and stop its whole process group afterwards, whatever happens."""
@@ -343,10 +496,20 @@ def running(server: Server) -> Iterator[Server]:
 
 
 class Generator:
-    """One wsgen process; stderr is read on a thread so READY can be waited for."""
+    """One wsgen process; stderr is read on a thread so READY can be waited for.
 
-    def __init__(self, argv: list[str], timeout: float) -> None:
+    stdout has a thread of its own: ``communicate`` would also read stderr and
+    take lines (READY, the window's edges) from under the stderr reader.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        timeout: float,
+        on_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.timeout = timeout
+        self.on_line = on_line
         self.stderr: list[str] = []
         self.ready = threading.Event()
         self.proc = subprocess.Popen(
@@ -357,13 +520,22 @@ class Generator:
             text=True,
             start_new_session=True,
         )
+        self._out: list[str] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        self._out.append(self.proc.stdout.read())
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
+            if self.on_line is not None:
+                self.on_line(line)
             if line.startswith("wsgen: READY"):
                 self.ready.set()
 
@@ -374,12 +546,14 @@ class Generator:
     def result(self) -> dict[str, Any]:
         """Wait for the JSON object on stdout (bounded); kill on timeout."""
         try:
-            out, _ = self.proc.communicate(timeout=self.timeout)
+            self.proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
             stop_group(self.proc, grace=2)
             raise RuntimeError("generator timed out") from None
         finally:
+            self._out_reader.join(timeout=5)
             self._reader.join(timeout=5)
+        out = "".join(self._out)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if not lines:
             tail = " | ".join(self.stderr[-5:])
@@ -431,6 +605,9 @@ class Plan:
     rate: float = 0.0
     orgs: int = 1
     args: list[str] = field(default_factory=list)
+    #: single, redis1 or redis2 (TOPOLOGIES)
+    topology: str = "single"
+    publishers: int = 0
 
     @property
     def label(self) -> str:
@@ -439,7 +616,26 @@ class Plan:
             parts.append(f"orgs={self.orgs}")
         if self.load:
             parts.append(self.load)
+        if self.topology != "single":
+            parts.append(self.topology)
         return " ".join(parts)
+
+    @property
+    def generator_scenario(self) -> str:
+        """What the generator runs: c1-c3 are S1, c4 is S2 (plain) or S2b (batched)."""
+        if self.scenario in ("c1", "c2", "c3"):
+            return "s1"
+        if self.scenario == "c4":
+            return "s2b" if self.load == "batched" else "s2"
+        return self.scenario
+
+    @property
+    def processes(self) -> int:
+        return 2 if self.topology == "redis2" else 1
+
+    @property
+    def redis(self) -> bool:
+        return self.topology != "single"
 
 
 def plans(a: argparse.Namespace) -> list[Plan]:
@@ -470,19 +666,107 @@ def plans(a: argparse.Namespace) -> list[Plan]:
                     out.append(Plan("s4", orgs * per_org, load, rate, orgs))
         elif scenario == "s5":
             out.extend(Plan("s5", n) for n in ints(a.s5_n))
+        elif scenario == "c1":
+            for n in ints(a.c1_n):
+                for topology in a.c1_topologies:
+                    out.append(Plan("c1", n, "fixed", a.c1_rate * n, topology=topology))
+        elif scenario == "c2":
+            for topology in a.c2_topologies:
+                out.append(
+                    Plan(
+                        "c2",
+                        a.c2_n,
+                        "max",
+                        topology=topology,
+                        publishers=a.c2_publishers,
+                    )
+                )
+        elif scenario == "c3":
+            for n in ints(a.c3_n):
+                for topology in a.c3_topologies:
+                    out.append(Plan("c3", n, "max", topology=topology))
+        elif scenario == "c4":
+            for mode in a.c4_modes:
+                n = a.c4_n if mode == "plain" else a.c4b_n
+                for topology in a.c4_topologies:
+                    out.append(Plan("c4", n, mode, topology=topology))
+    if a.backplane == "redis":
+        for plan in out:
+            if plan.scenario in SCENARIOS:
+                plan.topology = "redis1"
     return out
 
 
+@dataclass
+class Deployment:
+    """The processes of one run and where the generator's connections go."""
+
+    servers: list[Server]
+    redis: RedisProcess | None
+    client_ports: list[int]
+    notify_ports: list[int]
+
+    @property
+    def shared_core(self) -> bool:
+        """Whether several server-side processes share the server core."""
+        on_core = len(self.servers)
+        if self.redis is not None and self.redis.cpu == self.servers[0].cpu:
+            on_core += 1
+        return on_core > 1
+
+    def groups(self) -> dict[str, int]:
+        """Process groups by name: each server's node id (or "server"), "redis"."""
+        named = {
+            (NODE_IDS[i] if self.redis is not None else "server"): server.pgid
+            for i, server in enumerate(self.servers)
+        }
+        if self.redis is not None:
+            named["redis"] = self.redis.pgid
+        return named
+
+
+def deployment(a: argparse.Namespace, spec: ServerSpec, plan: Plan) -> Deployment:
+    """The servers (and Redis) a plan needs, not started yet."""
+    taken: set[int] = set()
+
+    def port(i: int) -> int:
+        while True:
+            candidate = a.port + i if a.port else free_port()
+            if candidate not in taken:
+                taken.add(candidate)
+                return candidate
+
+    redis = None
+    if plan.redis:
+        directory = spec.scratch / "redis"
+        directory.mkdir(exist_ok=True)
+        redis = RedisProcess(a.redis_server, port(100), a.redis_cpu, directory)
+    servers = []
+    for i in range(plan.processes):
+        extra: tuple[str, ...] = ()
+        if redis is not None:
+            extra = ("--redis", redis.url, "--node-id", NODE_IDS[i])
+        log_path = a.out / f"{spec.name}.server.log"
+        servers.append(Server(spec, port(i), a.server_cpu, log_path, extra))
+    ports = [server.port for server in servers]
+    if plan.scenario == "c1" and len(servers) > 1:
+        # Notifies posted to the first process, every client on the second.
+        return Deployment(servers, redis, ports[1:], ports[:1])
+    return Deployment(servers, redis, ports, ports)
+
+
 def generator_argv(
-    a: argparse.Namespace, plan: Plan, server: Server, tokens_path: Path
+    a: argparse.Namespace, plan: Plan, dep: Deployment, tokens_path: Path
 ) -> list[str]:
+    scenario = plan.generator_scenario
+    server = dep.servers[0]
     argv = [
         *cpu_prefix(a.gen_cpu),
         str(WSGEN),
         "--scenario",
-        plan.scenario,
+        scenario,
         "--port",
-        str(server.port),
+        str(dep.client_ports[0]),
         "--tokens",
         str(tokens_path),
         "-n",
@@ -496,9 +780,16 @@ def generator_argv(
         "--ready-timeout",
         str(a.ready_timeout),
         "--inflight",
-        str(a.s5_inflight if plan.scenario == "s5" else a.inflight),
+        str(a.s5_inflight if scenario == "s5" else a.inflight),
     ]
-    if plan.scenario in ("s1", "s2", "s2b", "s4"):
+    if len(dep.client_ports) > 1 or dep.notify_ports != dep.client_ports:
+        argv += [
+            "--ports",
+            ",".join(map(str, dep.client_ports)),
+            "--notify-ports",
+            ",".join(map(str, dep.notify_ports)),
+        ]
+    if scenario in ("s1", "s2", "s2b", "s4"):
         argv += [
             "--duration",
             str(a.duration),
@@ -507,13 +798,16 @@ def generator_argv(
             "--drain",
             str(a.drain),
         ]
-    if plan.scenario in ("s1", "s4"):
-        argv += ["--publishers", str(a.publishers), "--rate", str(plan.rate)]
-    if plan.scenario == "s2":
+    if scenario in ("s1", "s4"):
+        publishers = plan.publishers or a.publishers
+        argv += ["--publishers", str(publishers), "--rate", str(plan.rate)]
+    if plan.scenario == "c4":
+        argv += ["--hz", str(a.c4_hz)]
+    elif scenario == "s2":
         argv += ["--hz", str(a.s2_hz)]
-    if plan.scenario == "s2b":
+    elif scenario == "s2b":
         argv += ["--hz", str(a.s2b_hz)]
-    if plan.scenario == "s3":
+    if scenario == "s3":
         argv += ["--settle", str(a.s3_settle), "--hold", "60"]
     return argv
 
@@ -522,16 +816,32 @@ def one_attempt(
     a: argparse.Namespace, spec: ServerSpec, plan: Plan, tokens_path: Path
 ) -> dict[str, Any]:
     quiet = wait_quiet(a.quiet_pct, a.quiet_wait) if a.quiet_wait > 0 else None
-    port = a.port or free_port()
-    server = Server(spec, port, a.server_cpu, a.out / f"{spec.name}.server.log")
+    dep = deployment(a, spec, plan)
+    server = dep.servers[0]
     record: dict[str, Any] = {}
+    sampler: WindowSampler | None = None
     t0 = time.monotonic()
-    with running(server):
+    with contextlib.ExitStack() as stack:
+        # Stopped in reverse order: the servers, then Redis.
+        if dep.redis is not None:
+            stack.callback(dep.redis.stop)
+            dep.redis.start()
+        for each in dep.servers:
+            stack.callback(each.stop)
+            each.launch()
+        for each in dep.servers:
+            each.wait_ready()
         record["server_start_s"] = round(time.monotonic() - t0, 2)
         mem0 = group_memory_kb(server.pgid)
         tcp0 = listen_counters()
         timeout = a.ready_timeout + a.warmup + a.duration + a.drain + 90
-        gen = Generator(generator_argv(a, plan, server, tokens_path), timeout)
+        if plan.redis or plan.processes > 1:
+            sampler = WindowSampler(dep.groups())
+        gen = Generator(
+            generator_argv(a, plan, dep, tokens_path),
+            timeout,
+            on_line=sampler.line if sampler is not None else None,
+        )
         try:
             if plan.scenario == "s3":
                 if gen.ready.wait(timeout=a.ready_timeout + a.s3_settle + 30):
@@ -544,7 +854,7 @@ def one_attempt(
                 stop_group(gen.proc, grace=2)
         tcp1 = listen_counters()
         mem1 = group_memory_kb(server.pgid)
-        record["server_alive"] = server.alive()
+        record["server_alive"] = all(each.alive() for each in dep.servers)
     record.update(result)
     # SYNs or handshakes dropped because the server's accept queue was full
     # (machine-wide counters; nothing else listens on loopback at this rate).
@@ -558,6 +868,29 @@ def one_attempt(
         run_wall_s=round(time.monotonic() - t0, 2),
         quiet_before_pct=quiet,
     )
+    if plan.redis or plan.processes > 1:
+        record["processes"] = [
+            " ".join([*cpu_prefix(each.cpu), each.spec.describe(), *each.extra_args])
+            for each in dep.servers
+        ]
+        if dep.redis is not None:
+            record["processes"].append(
+                " ".join(cpu_prefix(dep.redis.cpu) + dep.redis.argv())
+            )
+        record["shared_core"] = dep.shared_core
+    if sampler is not None and sampler.result and "cpu" in record:
+        procs = sampler.result
+        record["procs_cpu"] = procs
+        # Every process's CPU but ours and the generator's (irq and softirq
+        # time, loopback's receive path, is nobody's and not counted).
+        server_side = sum(v["cpu_pct"] for v in procs.values())
+        tasks = sampler.tasks_pct or 0.0
+        record["cluster_cpu"] = {
+            "server_side_pct": round(server_side, 1),
+            "other_pct": round(
+                max(0.0, tasks - server_side - record["cpu"]["gen_pct"]), 1
+            ),
+        }
     if plan.scenario == "s3":
         ready = record.get("ready") or 0
         rss_n = record.get("rss_n_kb")
@@ -567,9 +900,23 @@ def one_attempt(
     return record
 
 
+#: Other CPU (% of a core) a run with a shared server core tolerates: this
+#: driver, kernel threads.
+OTHER_ALLOWANCE = 3.0
+
+
 def disturbed(record: dict[str, Any]) -> float:
-    """How long the server or the generator waited for its core, % of the window."""
+    """How long the server or the generator waited for its core, % of the window.
+
+    When several server-side processes share the server core (two routers, or a
+    router and Redis) they wait for each other, which is not noise: then the
+    generator's wait and the CPU other processes used (beyond
+    :data:`OTHER_ALLOWANCE`) count instead.
+    """
     cpu = record.get("cpu") or record.get("connect", {}).get("cpu") or {}
+    if record.get("shared_core") and "cluster_cpu" in record:
+        other = record["cluster_cpu"]["other_pct"] - OTHER_ALLOWANCE
+        return max(cpu.get("gen_wait_pct", 0.0), other)
     return max(cpu.get("server_wait_pct", 0.0), cpu.get("gen_wait_pct", 0.0))
 
 
@@ -585,6 +932,7 @@ def run_plan(
             "load": plan.load,
             "orgs_planned": plan.orgs,
             "rate_target": plan.rate,
+            "topology": plan.topology,
             "rep": rep,
             "attempt": attempt,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -593,7 +941,10 @@ def run_plan(
             "warmup": a.warmup,
         }
         try:
-            record = {**base, **one_attempt(a, spec, plan, tokens_path)}
+            attempt_record = one_attempt(a, spec, plan, tokens_path)
+            # c1-c4 run the generator's s1/s2/s2b: the record keeps the plan's name.
+            attempt_record["generator_scenario"] = attempt_record.pop("scenario", None)
+            record = {**base, **attempt_record}
         except Exception as e:  # recorded and shown; the session goes on
             record = {**base, "failed": str(e)}
         records.append(record)
@@ -635,6 +986,14 @@ def summary(r: dict[str, Any]) -> str:
             f"{b['frames_per_s']:.0f} positions frames/s, "
             f"heard min {b['heard_min']}/{b['heard_expected']}"
         )
+    if "notify" in r and r.get("scenario") in CLUSTER_SCENARIOS:
+        parts.append(f"{r['notify']['replies_per_s']:.0f} notifies/s")
+    if "latency_cross_ms" in r:
+        cross = r["latency_cross_ms"]
+        parts.append(f"cross p50 {cross['p50']:.2f} p99 {cross['p99']:.2f} ms")
+    if "procs_cpu" in r:
+        procs = ", ".join(f"{k} {v['cpu_pct']:.0f}%" for k, v in r["procs_cpu"].items())
+        parts.append(f"({procs})")
     if r.get("kb_per_conn") is not None:
         parts.append(f"{r['kb_per_conn']} KB/conn")
     if r.get("scenario") == "s5":
@@ -760,6 +1119,181 @@ def _table(
                 cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _cluster_table(
+    title: str,
+    note: str,
+    records: list[dict[str, Any]],
+    scenario: str,
+    fmt: Any,
+    value: Any,
+    compare: str = "ratio",
+    higher_is_better: bool = True,
+) -> list[str]:
+    """One row per (server, size, load, topology) of a cluster scenario.
+
+    ``value(r)`` gives a tuple of numbers; the last column compares the medians
+    of each with those of the "single" row of the same server, size and load:
+    ``compare="ratio"`` (``> 1`` is better) or ``"diff"`` (what was added).
+    """
+    mine = [r for r in records if r["scenario"] == scenario]
+    if not mine:
+        return []
+    order = {t: i for i, t in enumerate(TOPOLOGIES)}
+    keys = sorted(
+        {
+            (r["server"], r["n"], r.get("load", ""), r.get("topology", "single"))
+            for r in mine
+        },
+        key=lambda k: (k[0], k[1], k[2], order.get(k[3], 9)),
+    )
+    several = len({k[0] for k in keys}) > 1
+    lines = [f"### {title}", ""] + ([note, ""] if note else [])
+    head = "ratio to single" if compare == "ratio" else "added to single"
+    lines.append(
+        "| run | topology | rep 1 / rep 2 / … | median | "
+        f"{head} | noise: gen wait %, other CPU % |"
+    )
+    lines.append("|---|---|---|---|---|---|")
+
+    def runs(key: tuple[str, int, str, str]) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in mine
+            if (r["server"], r["n"], r.get("load", ""), r.get("topology", "single"))
+            == key
+        ]
+
+    def medians(rs: list[dict[str, Any]]) -> list[float | None]:
+        values = []
+        for r in rs:
+            if "failed" in r:
+                continue
+            with contextlib.suppress(KeyError, TypeError):
+                values.append(value(r))
+        if not values:
+            return []
+        return [_median([v[i] for v in values]) for i in range(len(values[0]))]
+
+    def noise(r: dict[str, Any]) -> str:
+        if "failed" in r or "cpu" not in r:
+            return "–"
+        other = r.get("cluster_cpu", {}).get("other_pct", r["cpu"]["other_pct"])
+        return f"{r['cpu']['gen_wait_pct']:.1f}, {other:.0f}"
+
+    for key in keys:
+        server, n, load, topology = key
+        label = f"N={n}" + (f" {load}" if load else "")
+        if several:
+            label = f"{server} {label}"
+        rs = runs(key)
+        med = medians(rs)
+        base = medians(runs((server, n, load, "single")))
+        cmp_text = "–"
+        if topology != "single" and med and base and len(med) == len(base):
+            parts = []
+            for m, b in zip(med, base, strict=True):
+                if m is None or b is None:
+                    parts.append("?")
+                elif compare == "diff":
+                    parts.append(f"{m - b:+.2f}")
+                elif m and b:
+                    parts.append(f"{m / b:.2f}" if higher_is_better else f"{b / m:.2f}")
+            cmp_text = ", ".join(parts)
+        med_text = (
+            ", ".join("?" if m is None else _k(m) if m >= 1000 else _ms(m) for m in med)
+            or "–"
+        )
+        noises = " / ".join(noise(r) for r in sorted(rs, key=lambda r: r["rep"]))
+        lines.append(
+            f"| {label} | {topology} | {_cell(rs, fmt)} | {med_text} | {cmp_text} | {noises} |"
+        )
+    return [*lines, ""]
+
+
+def _procs(r: dict[str, Any]) -> str:
+    """Server-side CPU per process over the window, % of a core."""
+    procs = r.get("procs_cpu")
+    if not procs:
+        return f"{r['cpu']['server_pct']:.0f}"
+    return "+".join(f"{v['cpu_pct']:.0f}" for v in procs.values())
+
+
+def render_cluster(records: list[dict[str, Any]]) -> list[str]:
+    """The cluster scenarios (c1-c4), if any were run."""
+    if not any(r["scenario"] in CLUSTER_SCENARIOS for r in records):
+        return []
+    lat = "latency_ms"
+    lines = [
+        "## Cluster scenarios (Redis backplane)",
+        "",
+        "Topologies: **single** = one process, no Redis; **redis1** = one process "
+        "with `--redis` (a private redis-server); **redis2** = two processes "
+        "(`bench-a`, `bench-b`) on one Redis. Every router is on the server core; "
+        "where Redis runs is in each record (`processes`). Medians over the "
+        "repetitions; server CPU is per process (`bench-a+bench-b+redis`, % of a "
+        "core). Noise for runs whose server core is shared (two routers, or a "
+        "router and Redis): the generator's wait and the CPU of every other process.",
+        "",
+    ]
+    lines += _cluster_table(
+        "C1 notify on one process, clients on another, fixed rate: latency p50, p99 (ms)",
+        "redis2: notifies POSTed to bench-a, every client on bench-b. Open loop; "
+        "latency from the scheduled send time. Target: under 2 ms (p50) and 10 ms "
+        "(p99) added to single.",
+        records,
+        "c1",
+        lambda r: (
+            f"{_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])} "
+            f"({_k(r['notify']['replies_per_s'])}/s; cpu {_procs(r)})"
+        ),
+        lambda r: (r[lat]["p50"], r[lat]["p99"]),
+        compare="diff",
+    )
+    lines += _cluster_table(
+        "C2 numbered notifications into one org, max rate: notifies/s answered 200",
+        "Closed loop (`--c2-publishers` connections); redis2: publishers and "
+        "clients split between bench-a and bench-b. Target: at least 10 000/s.",
+        records,
+        "c2",
+        lambda r: f"{_k(r['notify']['replies_per_s'])} (cpu {_procs(r)})",
+        lambda r: (r["notify"]["replies_per_s"],),
+    )
+    lines += _cluster_table(
+        "C3 S1 broadcast, max rate, backplane on vs off: deliveries/s",
+        "Target: redis1 at least 0.8× single.",
+        records,
+        "c3",
+        lambda r: (
+            f"{_k(r['deliveries_per_s'])}; p99 {_ms(r[lat]['p99'])} (cpu {_procs(r)})"
+        ),
+        lambda r: (r["deliveries_per_s"],),
+    )
+
+    def c4(r: dict[str, Any]) -> str:
+        text = f"{r['s2']['achieved']:.2f}; {_ms(r[lat]['p50'])}, {_ms(r[lat]['p99'])}"
+        cross = r.get("latency_cross_ms")
+        if cross and cross.get("n"):
+            text += f"; cross {_ms(cross['p50'])}, {_ms(cross['p99'])}"
+        if "batched" in r:
+            b = r["batched"]
+            text += f"; heard {b['heard_min']}/{b['heard_expected']}"
+        return text + f" (cpu {_procs(r)})"
+
+    lines += _cluster_table(
+        "C4 position chatter, half the clients on each process: share delivered; "
+        "latency p50, p99 (ms); cross-process p50, p99",
+        "plain = S2 (`position_update` frames), batched = S2b (`?positions=batched`). "
+        "Share of N·(N−1)·R delivered in the window; cross = sender and receiver on "
+        "different processes. The last column compares the share and the p99.",
+        records,
+        "c4",
+        c4,
+        lambda r: (r["s2"]["achieved"], r[lat]["p99"]),
+        compare="diff",
+    )
+    return lines
 
 
 def s2b_target_met(r: dict[str, Any]) -> bool:
@@ -963,6 +1497,7 @@ def render_report(out: Path) -> str:
             f"{c['other_pct']:.0f}, {c['steal_pct']:.0f}"
         )
 
+    lines += render_cluster(records)
     for scenario in SCENARIOS:
         lines += t(
             f"Noise, {scenario}: server wait %, generator wait %, other CPU %, steal %",
@@ -1098,6 +1633,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=128,
         help="handshakes in flight while setting up S1-S4",
     )
+    p.add_argument(
+        "--backplane",
+        choices=("none", "redis"),
+        default="none",
+        help="s1-s5 with a private redis-server and --redis (default name: "
+        "officerouter-redis)",
+    )
+    p.add_argument(
+        "--redis-server", default="redis-server", help="redis-server to start"
+    )
+    p.add_argument(
+        "--redis-cpu", default=None, help="core of redis-server (default: --server-cpu)"
+    )
+    p.add_argument("--c1-n", default="10", help="C1 clients (all on process B)")
+    p.add_argument(
+        "--c1-rate", type=float, default=1000, help="C1 notifies/s posted to process A"
+    )
+    p.add_argument("--c1-topologies", default="single,redis1,redis2")
+    p.add_argument("--c2-n", type=int, default=10, help="C2 clients")
+    p.add_argument(
+        "--c2-publishers", type=int, default=16, help="C2 keep-alive notify connections"
+    )
+    p.add_argument("--c2-topologies", default="single,redis1,redis2")
+    p.add_argument("--c3-n", default="1000", help="C3 sizes (S1 max)")
+    p.add_argument("--c3-topologies", default="single,redis1")
+    p.add_argument("--c4-modes", default="plain,batched", help="C4: S2 and/or S2b")
+    p.add_argument("--c4-n", type=int, default=200, help="C4 plain size (S2)")
+    p.add_argument("--c4b-n", type=int, default=500, help="C4 batched size (S2b)")
+    p.add_argument("--c4-hz", type=float, default=10, help="C4 rate per client")
+    p.add_argument("--c4-topologies", default="single,redis2")
     p.add_argument("--ready-timeout", type=float, default=60.0)
     p.add_argument(
         "--port",
@@ -1145,18 +1710,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.smoke:
         a.s1_n, a.s2_n, a.s3_n, a.s4, a.s5_n = "20", "10", "50", "3x4", "50"
         a.s2b_n = "10"
+        a.c1_n, a.c2_n, a.c3_n, a.c4_n, a.c4b_n = "4", 4, "20", 10, 10
+        a.c1_rate, a.c2_publishers = 200.0, 4
         a.s1_rate, a.s4_rate = 2000.0, 600.0
         a.s4_loads = "max"
         a.duration, a.warmup, a.drain, a.s3_settle = 0.6, 0.2, 3.0, 0.2
         a.quiet_wait, a.max_attempts, a.ready_timeout = 0.0, 1, 20.0
     a.scenarios = [s for s in a.scenarios.split(",") if s]
-    unknown = set(a.scenarios) - set(SCENARIOS)
+    unknown = set(a.scenarios) - set(SCENARIOS) - set(CLUSTER_SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    for name in ("c1", "c2", "c3", "c4"):
+        key = f"{name}_topologies"
+        value = [t for t in getattr(a, key).split(",") if t]
+        if set(value) - set(TOPOLOGIES):
+            p.error(f"--{name}-topologies: choose among {', '.join(TOPOLOGIES)}")
+        setattr(a, key, value)
+    a.c4_modes = [m for m in a.c4_modes.split(",") if m]
+    if set(a.c4_modes) - {"plain", "batched"}:
+        p.error("--c4-modes: plain and/or batched")
+    if a.redis_cpu is None:
+        a.redis_cpu = a.server_cpu
+    if a.backplane == "redis" and (a.cmd is not None or a.peer):
+        p.error("--backplane redis is for officerouter only (no --cmd, no --peer)")
     if a.name is None:
-        a.name = (
-            "officerouter" if a.cmd is None else a.cmd.split()[-1].split("/")[-2:][0]
-        )
+        if a.cmd is not None:
+            a.name = a.cmd.split()[-1].split("/")[-2:][0]
+        else:
+            a.name = "officerouter-redis" if a.backplane == "redis" else "officerouter"
     a.peers = []
     for item in a.peer:
         name, sep, cmd = item.partition("=")
@@ -1208,6 +1789,14 @@ def main(argv: list[str] | None = None) -> int:
         probe.start()
     build_generator()
     run_plans = plans(a)
+    if any(plan.redis for plan in run_plans) and a.cmd is None:
+        found = shutil.which(a.redis_server)
+        if found is None:
+            raise SystemExit(
+                f"bench: {a.redis_server} not found (apt-get install redis-server); "
+                "the cluster scenarios and --backplane redis start their own"
+            )
+        a.redis_server = found
     largest = max((p.n for p in run_plans), default=0)
     if largest + 200 > hard:
         log(f"warning: open-files limit {hard} is low for N={largest}")

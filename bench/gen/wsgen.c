@@ -22,7 +22,16 @@
  *   s5  connection storm: time for N clients to connect and get "connected",
  *       at most --inflight handshakes in flight.
  *
- * Output: one JSON object on stdout; progress and diagnostics on stderr.
+ * Several servers (a cluster on one Redis): --ports P1,P2,... spreads the clients
+ * over ports (client i on port i mod k) and --notify-ports over the publishers
+ * (publisher j on port j mod m); both default to --port. With more than one client
+ * port, s2/s2b latency is also split by whether sender and receiver are on the same
+ * port ("local") or not ("cross"); the sender of a frame is its "from"/"userId",
+ * u<i> being client i (bench/tokens.py).
+ *
+ * Output: one JSON object on stdout; progress and diagnostics on stderr. The
+ * measurement window's edges are announced on stderr ("wsgen: WINDOW start",
+ * "wsgen: WINDOW end") so that a driver can sample other processes at them.
  * Every loop is bounded in time (--ready-timeout, --warmup + --duration, --drain,
  * --hold). Build: make (gcc, no external libraries).
  */
@@ -54,6 +63,9 @@ static const char *opt_tokens = NULL;
 static const char *opt_cf_id = "bench-client";
 static const char *opt_cf_secret = "bench-secret";
 static int opt_port = 0;
+#define MAX_PORTS 16
+static int client_ports[MAX_PORTS], n_client_ports; /* --ports (default: --port) */
+static int notify_ports[MAX_PORTS], n_notify_ports; /* --notify-ports (default: --port) */
 static int opt_n = 100;
 static int opt_publishers = 4;
 static int opt_inflight = 128;
@@ -73,7 +85,8 @@ static void usage(void) {
           "usage: wsgen --scenario s1|s2|s2b|s3|s4|s5 --port PORT --tokens FILE -n N\n"
           "  [--publishers P] [--rate DELIVERIES_PER_S] [--hz R] [--duration S] [--warmup S]\n"
           "  [--drain S] [--settle S] [--hold S] [--inflight K] [--ready-timeout S]\n"
-          "  [--server-pgid PGID] [--cf-id ID] [--cf-secret SECRET] [--seed X]\n");
+          "  [--server-pgid PGID] [--cf-id ID] [--cf-secret SECRET] [--seed X]\n"
+          "  [--ports P1,P2,...] [--notify-ports P1,P2,...]\n");
   exit(64);
 }
 
@@ -201,6 +214,7 @@ static volatile sig_atomic_t got_usr1;
 static int n_started, n_inflight, n_ready, n_failed;
 static uint64_t t_storm0, t_storm_end;
 static hist_t h_hs, h_lat, h_rtt, h_lag;
+static hist_t h_local, h_cross; /* s2/s2b with several client ports: by sender's port */
 static uint64_t rx_ts_total, rx_ts_win, rx_reads_win, rx_other, rx_error_frames, rx_bytes_win;
 static uint64_t notify_sent, notify_ok, notify_ok_win, claimed_total, claimed_win, notify_http_err;
 static uint64_t pub_reconnects, pub_lost_replies;
@@ -359,12 +373,17 @@ static void send_frame(conn_t *c, int opcode, const char *payload, size_t n) {
   send_bytes(c, f, h + n);
 }
 
-static int open_socket(void) {
+/* The server port of a client or publisher. */
+static int conn_port(const conn_t *c) {
+  return c->is_pub ? notify_ports[c->idx % n_notify_ports] : client_ports[c->idx % n_client_ports];
+}
+
+static int open_socket(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) fatal("socket (open-files limit?)");
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt_port)};
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
     int e = errno;
@@ -376,7 +395,7 @@ static int open_socket(void) {
 }
 
 static void conn_start(conn_t *c) {
-  c->fd = open_socket();
+  c->fd = open_socket(conn_port(c));
   c->t_start = mono_us();
   if (!c->is_pub) { n_started++; n_inflight++; }
   if (c->fd < 0) {
@@ -408,7 +427,7 @@ static void send_handshake(conn_t *c) {
   int n = snprintf(req, cap,
                    "GET /websocket%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
-                   batched ? "?positions=batched" : "", opt_port, key, tok);
+                   batched ? "?positions=batched" : "", conn_port(c), key, tok);
   c->state = ST_HANDSHAKE;
   send_bytes(c, req, (size_t)n);
   free(req);
@@ -455,6 +474,24 @@ static int json_ts(const char *p, size_t n, uint64_t *ts) {
 }
 
 /* ------------------------------------------------------------------ receiving */
+/* With several client ports: whether the sender u<i> (client i) is on the receiver's
+ * port. Returns -1 when it cannot tell. */
+static int same_port(const conn_t *c, const char *uid, size_t ul) {
+  if (n_client_ports < 2 || ul < 2 || uid[0] != 'u') return -1;
+  long i = 0;
+  for (size_t k = 1; k < ul; k++) {
+    if (uid[k] < '0' || uid[k] > '9') return -1;
+    i = i * 10 + (uid[k] - '0');
+  }
+  return (int)(i % n_client_ports) == c->idx % n_client_ports;
+}
+
+static void add_split(const conn_t *c, const char *uid, size_t ul, uint64_t lat) {
+  int same = same_port(c, uid, ul);
+  if (same == 1) h_add(&h_local, lat);
+  else if (same == 0) h_add(&h_cross, lat);
+}
+
 /* s2b: one "positions" frame, {"type":"positions","payload":{"positions":[{...},...]}}.
  * Entries are flat objects (no nested braces or brackets; user ids are u<i>), so each
  * one is the span from a '{' to the next '}' inside the array; keys in any order,
@@ -494,6 +531,7 @@ static void on_positions(conn_t *c, const char *p, size_t n) {
     if (in_window) {
       rx_ts_win++;
       h_add(&h_lat, now > ts ? now - ts : 0);
+      add_split(c, uid, ul, now > ts ? now - ts : 0);
       if (row && u >= 0) row[u >> 3] |= (uint8_t)(1u << (u & 7));
     }
   }
@@ -543,6 +581,9 @@ static void on_message(conn_t *c, const char *p, size_t n) {
       uint64_t now = mono_us();
       rx_ts_win++;
       h_add(&h_lat, now > ts ? now - ts : 0);
+      const char *uid;
+      size_t ul;
+      if (n_client_ports > 1 && json_str(p, n, "from", &uid, &ul)) add_split(c, uid, ul, now > ts ? now - ts : 0);
     }
     return;
   }
@@ -693,7 +734,7 @@ static int pub_send(conn_t *p, uint64_t stamp) {
   int n = snprintf(req, sizeof req,
                    "POST /internal/notify HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
                    "CF-Access-Client-Id: %s\r\nCF-Access-Client-Secret: %s\r\nContent-Length: %d\r\n\r\n%s",
-                   opt_port, opt_cf_id, opt_cf_secret, bl, body);
+                   conn_port(p), opt_cf_id, opt_cf_secret, bl, body);
   uint64_t now = mono_us();
   p->busy = 1;
   p->req_stamp = stamp;
@@ -1102,6 +1143,19 @@ static void s2_send(conn_t *c, uint64_t stamp, uint64_t k) {
   s2_expected_total += (uint64_t)(org_members[c->org] - 1);
 }
 
+/* "P1,P2,...": at most MAX_PORTS ports, each in 1..65535; 0 for a bad list. */
+static int parse_ports(const char *v, int *out) {
+  int k = 0;
+  while (*v) {
+    char *end;
+    long port = strtol(v, &end, 10);
+    if (end == v || port <= 0 || port > 65535 || k >= MAX_PORTS || (*end && *end != ',')) return 0;
+    out[k++] = (int)port;
+    v = *end ? end + 1 : end;
+  }
+  return k;
+}
+
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -1125,12 +1179,17 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--cf-id")) opt_cf_id = v;
     else if (!strcmp(a, "--cf-secret")) opt_cf_secret = v;
     else if (!strcmp(a, "--seed")) opt_seed = strtoull(v, NULL, 0);
+    else if (!strcmp(a, "--ports")) { if (!(n_client_ports = parse_ports(v, client_ports))) usage(); }
+    else if (!strcmp(a, "--notify-ports")) { if (!(n_notify_ports = parse_ports(v, notify_ports))) usage(); }
     else usage();
   }
   const char *sc = opt_scenario;
   int is_s1 = !strcmp(sc, "s1"), is_s2 = !strcmp(sc, "s2"), is_s3 = !strcmp(sc, "s3"), is_s4 = !strcmp(sc, "s4"),
       is_s5 = !strcmp(sc, "s5");
   if (!strcmp(sc, "s2b")) is_s2 = batched = 1; /* s2b is s2 on batched connections */
+  if (opt_port <= 0 && n_client_ports > 0) opt_port = client_ports[0];
+  if (!n_client_ports && opt_port > 0) client_ports[n_client_ports++] = opt_port;
+  if (!n_notify_ports && opt_port > 0) notify_ports[n_notify_ports++] = opt_port;
   if (!(is_s1 || is_s2 || is_s3 || is_s4 || is_s5) || opt_port <= 0 || opt_port > 65535 || !opt_tokens || opt_n < 1 ||
       opt_inflight < 1 || opt_publishers < 0 || opt_duration <= 0 || opt_warmup < 0 || opt_hz <= 0)
     usage();
@@ -1217,6 +1276,8 @@ int main(int argc, char **argv) {
     for (;;) {
       uint64_t now = mono_us();
       if (!started && now >= tw0) {
+        fprintf(stderr, "wsgen: WINDOW start\n");
+        fflush(stderr);
         take_sample(&w0);
         started = in_window = 1;
         s2_sent_at_w0 = s2_sent;
@@ -1255,6 +1316,8 @@ int main(int argc, char **argv) {
     }
     take_sample(&w1);
     in_window = 0;
+    fprintf(stderr, "wsgen: WINDOW end\n");
+    fflush(stderr);
     window_s = (double)(w1.t_us - w0.t_us) / 1e6;
     s2_sent_win = s2_sent - s2_sent_at_w0;
     /* drain: let what was sent arrive, so totals can be compared exactly */
@@ -1300,6 +1363,13 @@ int main(int argc, char **argv) {
     printf(",\"deliveries\":%llu,\"deliveries_per_s\":%.1f,", (unsigned long long)rx_ts_win,
            window_s > 0 ? (double)rx_ts_win / window_s : 0.0);
     h_json(&h_lat, "latency_ms");
+    if (n_client_ports > 1 && is_s2) {
+      printf(",");
+      h_json(&h_local, "latency_local_ms");
+      printf(",");
+      h_json(&h_cross, "latency_cross_ms");
+    }
+    printf(",\"ports\":%d,\"notify_ports\":%d", n_client_ports, n_notify_ports);
     printf(",\"frames_per_read\":%.2f,\"bytes_per_read\":%.0f,\"drain_s\":%.3f",
            rx_reads_win ? (double)(batched ? pb_frames_win : rx_ts_win) / (double)rx_reads_win : 0.0,
            rx_reads_win ? (double)rx_bytes_win / (double)rx_reads_win : 0.0, drain_s);
