@@ -207,15 +207,62 @@ def process_times(pgid: int) -> tuple[float, float]:
     return cpu, delay
 
 
+def redis_command(port: int, *args: str) -> str:
+    """One command through ``redis-cli`` (beside the redis-server found); "" on failure."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return ""
+    try:
+        done = subprocess.run(
+            [cli, "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout
+
+
+def redis_calls(port: int) -> dict[str, int]:
+    """Calls per command since Redis started (``INFO commandstats``); commands run
+    by scripts count under their own names too."""
+    calls = {}
+    for line in redis_command(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_") :].partition(":")
+            fields = dict(item.split("=", 1) for item in rest.split(",") if "=" in item)
+            with contextlib.suppress(KeyError, ValueError):
+                calls[name] = int(fields["calls"])
+    return calls
+
+
+def redis_subscribers(port: int) -> dict[str, int]:
+    """Subscribers per channel (``PUBSUB CHANNELS``, ``PUBSUB NUMSUB``)."""
+    channels = redis_command(port, "PUBSUB", "CHANNELS").split()
+    if not channels:
+        return {}
+    flat = redis_command(port, "PUBSUB", "NUMSUB", *channels).split()
+    return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
 class WindowSampler:
     """CPU of each named process group over the generator's window.
 
     The generator announces the window's edges on stderr; :meth:`line` is given
-    every stderr line and samples ``/proc`` at those two.
+    every stderr line and samples ``/proc`` at those two (and, given Redis's
+    port, the commands Redis ran in between and who subscribes to what).
     """
 
-    def __init__(self, groups: dict[str, int]) -> None:
+    def __init__(self, groups: dict[str, int], redis_port: int | None = None) -> None:
         self.groups = groups
+        self.redis_port = redis_port
+        self._calls0: dict[str, int] = {}
+        #: Redis commands per second over the window.
+        self.redis_calls_per_s: dict[str, float] = {}
+        #: Subscribers per channel at the window's end.
+        self.subscribers: dict[str, int] = {}
         self._start: dict[str, tuple[float, float]] = {}
         self._t0 = 0.0
         self._tasks0 = 0.0
@@ -228,10 +275,20 @@ class WindowSampler:
             self._t0 = time.monotonic()
             self._tasks0 = task_seconds()
             self._start = {k: process_times(g) for k, g in self.groups.items()}
+            if self.redis_port is not None:
+                self._calls0 = redis_calls(self.redis_port)
         elif text.startswith("wsgen: WINDOW end") and self._start:
             window = time.monotonic() - self._t0
             tasks = task_seconds() - self._tasks0
             self.tasks_pct = round(100 * tasks / window, 1)
+            if self.redis_port is not None:
+                calls = redis_calls(self.redis_port)
+                self.redis_calls_per_s = {
+                    name: round((n - self._calls0.get(name, 0)) / window, 1)
+                    for name, n in sorted(calls.items())
+                    if n > self._calls0.get(name, 0)
+                }
+                self.subscribers = redis_subscribers(self.redis_port)
             for name, pgid in self.groups.items():
                 cpu, delay = process_times(pgid)
                 cpu0, delay0 = self._start[name]
@@ -836,7 +893,9 @@ def one_attempt(
         tcp0 = listen_counters()
         timeout = a.ready_timeout + a.warmup + a.duration + a.drain + 90
         if plan.redis or plan.processes > 1:
-            sampler = WindowSampler(dep.groups())
+            sampler = WindowSampler(
+                dep.groups(), dep.redis.port if dep.redis is not None else None
+            )
         gen = Generator(
             generator_argv(a, plan, dep, tokens_path),
             timeout,
@@ -881,6 +940,9 @@ def one_attempt(
     if sampler is not None and sampler.result and "cpu" in record:
         procs = sampler.result
         record["procs_cpu"] = procs
+        if sampler.redis_port is not None:
+            record["redis_calls_per_s"] = sampler.redis_calls_per_s
+            record["redis_subscribers"] = sampler.subscribers
         # Every process's CPU but ours and the generator's (irq and softirq
         # time, loopback's receive path, is nobody's and not counted).
         server_side = sum(v["cpu_pct"] for v in procs.values())
@@ -1293,7 +1355,40 @@ def render_cluster(records: list[dict[str, Any]]) -> list[str]:
         lambda r: (r["s2"]["achieved"], r[lat]["p99"]),
         compare="diff",
     )
+    lines += _redis_work(records)
     return lines
+
+
+def _redis_work(records: list[dict[str, Any]]) -> list[str]:
+    """What Redis did per second of the window, per cluster run (last repetition)."""
+    rows = {}
+    for r in records:
+        if r["scenario"] in CLUSTER_SCENARIOS and r.get("redis_calls_per_s"):
+            rows[(r["scenario"], r["n"], r.get("load", ""), r["topology"])] = r
+    if not rows:
+        return []
+    lines = [
+        "### Redis's work over the window: commands/s; subscribers per org channel",
+        "",
+        "From `INFO commandstats` at the window's edges (commands run by scripts "
+        "count under their own names) and `PUBSUB NUMSUB` at its end; the last "
+        "repetition of each run. One subscriber per process serving the org, one "
+        "`publish` per notify, and for positions one `publish` per process per tick.",
+        "",
+        "| run | topology | evalsha/s | publish/s | other commands/s | subscribers |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (scenario, n, load, topology), r in sorted(rows.items()):
+        calls = dict(r["redis_calls_per_s"])
+        evalsha = calls.pop("evalsha", 0.0)
+        publish = calls.pop("publish", 0.0)
+        others = ", ".join(f"{k} {_k(v)}" for k, v in calls.items() if v >= 1)
+        subs = ", ".join(str(v) for v in r.get("redis_subscribers", {}).values())
+        lines.append(
+            f"| {scenario} N={n} {load} | {topology} | {_k(evalsha)} | {_k(publish)} "
+            f"| {others or '–'} | {subs or '–'} |"
+        )
+    return [*lines, ""]
 
 
 def s2b_target_met(r: dict[str, Any]) -> bool:
