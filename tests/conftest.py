@@ -15,8 +15,10 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from zope.interface import provider
 
 import pytest_twisted
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from officerouter.auth import generate_key_pair, load_verify_keys
 from officerouter.config import Settings
@@ -139,3 +141,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[LogEvent]]:
+    """Every twisted.logger event published while the test runs."""
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from zope.interface import provider
 
 import pytest_twisted
 from twisted.internet import error, reactor
 from twisted.logger import (
-    ILogObserver,
     LogEvent,
     eventAsJSON,
     formatEvent,
-    globalLogPublisher,
 )
 
 from officerouter.config import default_node_id
@@ -41,22 +37,6 @@ pytestmark = pytest.mark.e2e
 
 ORG = "org-a"
 WRONG_SECRET = "wrong-secret-4f1c2b9a77d0"
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    """Every twisted.logger event published while the test runs."""
-    events: list[LogEvent] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 def rendered(events: list[LogEvent]) -> list[str]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from zope.interface import provider
 
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from tests.loopback import Client, FullClient, Router, both_deployments, sleep
 
@@ -37,22 +35,6 @@ def note(name: str) -> dict[str, Any]:
         "type": "room_updated",
         "payload": {"roomId": name, "name": "-"},
     }
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    """Every twisted.logger event published while the test runs."""
-    events: list[LogEvent] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observe)
 
 
 async def assert_relays(sender: Client, receiver: Client) -> None:
