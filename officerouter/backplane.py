@@ -20,7 +20,6 @@ Sans-IO: no reactor, no sockets here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
 from typing import Protocol as TypingProtocol
 
 import attrs
@@ -33,10 +32,6 @@ from officerouter.messages import ADMITTED_ROLES, PositionUpdate, PresenceUser
 
 class BackplaneUnavailable(Exception):
     """The backplane cannot take work now: nothing was numbered or stored."""
-
-
-#: What ``seq`` is while a message waits to be numbered (see :class:`Outgoing`).
-SEQ_PLACEHOLDER: Final = b',"seq":0,"payload":'
 
 
 @attrs.frozen
