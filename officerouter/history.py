@@ -92,6 +92,18 @@ class Entry:
     message: Encoded
     targets: tuple[str, ...] | None = None
 
+    @classmethod
+    def of(cls, message: Numbered) -> Entry:
+        """The window's entry for a numbered message.
+
+        It keeps the same bytes but not the object sent live, whose transports
+        cache their own framing of it: that would double the window.
+        """
+        kept = Encoded(
+            type=message.type, data=message.data, sender=message.sender, seq=message.seq
+        )
+        return cls(message.seq, message.at, kept, message.targets)
+
     def visible_to(self, user_id: str, admitted: bool) -> bool:
         """Whether a connection of ``user_id`` may be sent this message now."""
         if self.targets is None:
@@ -284,12 +296,7 @@ class Stream:
     def keep(self, message: Numbered) -> None:
         """Keep a numbered message in the window (and the store), as it is sent."""
         self._seq = max(self._seq, message.seq)
-        # The window keeps the same bytes but not the object sent live, whose
-        # transports cache their own framing of it: that would double the window.
-        kept = Encoded(
-            type=message.type, data=message.data, sender=message.sender, seq=message.seq
-        )
-        entry = Entry(message.seq, message.at, kept, message.targets)
+        entry = Entry.of(message)
         self._entries.append(entry)
         self.active_at = max(self.active_at, message.at)
         self.trim(self._now())
@@ -300,21 +307,9 @@ class Stream:
         self.epoch = epoch
         self._seq = seq
         self._entries.clear()
-        for message in records:
-            if message.seq <= seq:
-                self._entries.append(
-                    Entry(
-                        message.seq,
-                        message.at,
-                        Encoded(
-                            type=message.type,
-                            data=message.data,
-                            sender=message.sender,
-                            seq=message.seq,
-                        ),
-                        message.targets,
-                    )
-                )
+        self._entries.extend(
+            Entry.of(message) for message in records if message.seq <= seq
+        )
         self.trim(self._now())
 
     def trim(self, now: float) -> None:

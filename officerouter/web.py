@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -35,6 +36,8 @@ from officerouter.registry import OrgRegistry
 from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 JSON_TYPES = frozenset({b"application/json"})
 _IDEMPOTENCY_KEY = re.compile(rb"[\x21-\x7e]{1,255}")
@@ -284,11 +287,31 @@ def _read_failed(request: server.Request, failure: Failure) -> bytes:
     return _error(request, 500, codes.ERR_INTERNAL, "internal error")
 
 
-def _finish(request: server.Request, body: list[bytes]) -> None:
+def _answer_when_done(
+    request: server.Request,
+    result: Deferred[_T],
+    succeeded: Callable[[_T], bytes],
+    failed: Callable[[Failure], bytes],
+) -> bytes | int:
+    """Answer with what ``result`` gives: at once when it has fired (one
+    process, the same turn), else when it fires (shared state in Redis),
+    unless the client is gone by then."""
+    body: list[bytes] = []
+    result.addCallbacks(
+        lambda value: body.append(succeeded(value)),
+        lambda failure: body.append(failed(failure)),
+    )
+    if body:
+        return body[0]
+    result.addCallback(lambda _: _finish(request, body[0]))
+    return server.NOT_DONE_YET
+
+
+def _finish(request: server.Request, body: bytes) -> None:
     """Write a late answer, unless the client is gone."""
     if request.finished or getattr(request, "_disconnected", False):
         return
-    request.write(body[0])
+    request.write(body)
     request.finish()
 
 
@@ -382,17 +405,12 @@ class NotifyResource(_MethodsResource):
         if isinstance(answer, bytes):
             return answer
         publishing, targets = answer
-        # Numbered by a shared backplane: answered when it is stored.  With one
-        # process the Deferred has fired already and this is the same turn.
-        body: list[bytes] = []
-        publishing.addCallbacks(
-            lambda published: body.append(self._published(request, published, targets)),
-            lambda failure: body.append(self._failed(request, failure)),
+        return _answer_when_done(
+            request,
+            publishing,
+            lambda published: self._published(request, published, targets),
+            lambda failure: self._failed(request, failure),
         )
-        if body:
-            return body[0]
-        publishing.addCallback(lambda _: _finish(request, body))
-        return server.NOT_DONE_YET
 
     def _published(
         self,
@@ -508,25 +526,16 @@ class PresenceResource(_MethodsResource):
         if isinstance(answer, bytes):
             return answer
         org_id, users = answer
-        body: list[bytes] = []
-        users.addCallbacks(
-            lambda found: body.append(
-                _json(
-                    request,
-                    200,
-                    {
-                        "ok": True,
-                        "orgId": org_id,
-                        "users": converter.unstructure(found),
-                    },
-                )
+        return _answer_when_done(
+            request,
+            users,
+            lambda found: _json(
+                request,
+                200,
+                {"ok": True, "orgId": org_id, "users": converter.unstructure(found)},
             ),
-            lambda failure: body.append(_read_failed(request, failure)),
+            lambda failure: _read_failed(request, failure),
         )
-        if body:
-            return body[0]
-        users.addCallback(lambda _: _finish(request, body))
-        return server.NOT_DONE_YET
 
     def _presence(
         self, request: server.Request
