@@ -262,6 +262,11 @@ class RedisBackplane:
         self._heartbeat.clock = clock
         self._registered = False
         self._stopping = False
+        #: Gaps in delivery filled from the stream, the messages that filled
+        #: them, and gaps the stream no longer held (metrics).
+        self.gaps_filled = 0
+        self.gap_messages = 0
+        self.gaps_lost = 0
 
     # ------------------------------------------------------------ keys
 
@@ -559,6 +564,8 @@ class RedisBackplane:
                 if record.epoch == epoch
             ]
             if len(records) == last - first + 1 and records[0].seq == first:
+                self.gaps_filled += 1
+                self.gap_messages += len(records)
                 log.info(
                     "org {org_id}: filled a gap of {count} messages from the stream",
                     org_id=org_id,
@@ -569,6 +576,7 @@ class RedisBackplane:
                         org.seq = record.seq
                         org.room.deliver(record)
             else:
+                self.gaps_lost += 1
                 log.warn(
                     "org {org_id}: messages {first} to {last} are no longer in the "
                     "stream; connections reconnect",

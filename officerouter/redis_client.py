@@ -121,6 +121,12 @@ class RedisLink(service.Service):
         self._up = False
         self._waiters: list[defer.Deferred[None]] = []
         self.refusal: str | None = None
+        #: Times the link came back after it was lost (metrics).
+        self.reconnects = 0
+        self._was_up = False
+        #: Called with the round trip, in seconds, of each liveness PING on the
+        #: command connection (the metrics' histogram, when enabled).
+        self.on_rtt: Callable[[float], None] = lambda seconds: None
         endpoint = self._endpoint(target, reactor)
         self._command_service = ClientService(
             endpoint,
@@ -262,6 +268,9 @@ class RedisLink(service.Service):
         self._up = up
         if up:
             log.info("redis {target} connected", target=self.target.describe())
+            if self._was_up:
+                self.reconnects += 1
+            self._was_up = True
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.called:
@@ -275,7 +284,13 @@ class RedisLink(service.Service):
             if connection is not None:
                 # A reply timeout aborts the connection (txredisapi); the
                 # service then reconnects.  Errors are that, already handled.
-                connection.ping().addErrback(lambda _: None)
+                d = connection.ping()
+                if connection is self._commands:
+                    sent = self._reactor.seconds()
+                    d.addCallback(
+                        lambda _, sent=sent: self.on_rtt(self._reactor.seconds() - sent)
+                    )
+                d.addErrback(lambda _: None)
 
     # ------------------------------------------------------------ commands
 

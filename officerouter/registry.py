@@ -40,6 +40,7 @@ from officerouter.rooms import (
     Session,
     prepare,
 )
+from officerouter.tally import Tally
 
 log = Logger()
 
@@ -106,6 +107,8 @@ class OrgRegistry:
         self._connections = 0
         self._bans: dict[str, dict[str, float]] = {}
         self._stopped = False
+        #: What the rooms count for the metrics (read at scrape time).
+        self.tally = Tally()
 
     # ------------------------------------------------------------ counts
 
@@ -138,6 +141,10 @@ class OrgRegistry:
         """How many live connections a user has in an org, on every process."""
         room = self._rooms.get(org_id)
         return room.cluster_connection_count_of(user_id) if room is not None else 0
+
+    def rooms(self) -> list[OrgRoom]:
+        """Every room, live or kept for its history (a snapshot)."""
+        return list(self._rooms.values())
 
     def room(self, org_id: str) -> OrgRoom | None:
         """The org's room if it exists, live or kept for history (never creates one)."""
@@ -381,6 +388,7 @@ class OrgRegistry:
             # A role change is held as long as a replay could reach past it.
             role_memory=self._history.seconds,
             backplane=self.backplane,
+            tally=self.tally,
         )
         self._rooms[org_id] = room
         return room

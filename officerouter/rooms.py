@@ -65,6 +65,7 @@ from officerouter.messages import (
     UserRoleChanged,
 )
 from officerouter.presence import HeldRoles, PresenceTracker, RemotePresence
+from officerouter.tally import Tally
 
 log = Logger()
 
@@ -166,6 +167,7 @@ class OrgRoom:
         connections (see :class:`~officerouter.presence.HeldRoles`).
     :param backplane: numbers the room's messages and shares its presence with
         other processes (default: one process, nothing shared).
+    :param tally: where the room counts deliveries and recoveries (metrics).
     """
 
     def __init__(
@@ -181,8 +183,10 @@ class OrgRoom:
         position_tick: float = 0.05,
         role_memory: float = 0.0,
         backplane: Backplane | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.org_id = org_id
+        self._tally = tally if tally is not None else Tally()
         self._backplane: Backplane = backplane or LocalBackplane(
             "local", now=clock.seconds
         )
@@ -291,7 +295,10 @@ class OrgRoom:
             org_id=self.org_id,
             batch_positions=batch_positions,
         )
-        missed = self._missed(since, session) if since is not None else None
+        missed = None
+        if since is not None:
+            missed = self._missed(since, session)
+            self._tally.recoveries[missed is not None] += 1
         # Encoded before the session exists: a snapshot that cannot be encoded
         # must leave nothing behind.
         snapshot = self._snapshot(exclude=user_id) if session.admitted else None
@@ -443,6 +450,12 @@ class OrgRoom:
             position=self._remote.position(user_id),
         )
 
+    def online_count(self) -> int:
+        """How many users are online in presence (as :meth:`presence` lists)."""
+        if not self._shared:
+            return len(self._presence)
+        return len(self._online_users())
+
     def cluster_connection_count_of(self, user_id: str) -> int:
         """A user's connections here and, with a shared backplane, elsewhere."""
         return self.connection_count_of(user_id) + self._remote.connections(user_id)
@@ -571,6 +584,7 @@ class OrgRoom:
             if target is not session:
                 target.connection.send(encoded)
                 delivered += 1
+        self._tally.delivered(message.type, delivered)
         return delivered
 
     # ------------------------------------------------------------ audience
@@ -689,6 +703,7 @@ class OrgRoom:
         )
         for session in targets:
             session.connection.send(encoded)
+        self._tally.delivered(message.type, len(targets))
         for then in after:
             then()
         for closing in message.actions:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +38,17 @@ from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
 from officerouter.inflight import InFlight
 from officerouter.limits import Limits, OriginPolicy
+from officerouter.metrics import (
+    GCPauses,
+    Metrics,
+    MetricsResource,
+    ReactorLag,
+    RouterCollector,
+    WorkersResource,
+    metrics_site,
+    worker_endpoint,
+    worker_socket,
+)
 from officerouter.redis_backplane import NODE_ID, RedisBackplane
 from officerouter.redis_client import RedisLink
 from officerouter.registry import OrgRegistry
@@ -341,6 +354,13 @@ class Options(usage.Options):
             _seconds("token-expiry-grace"),
         ],
         ["log-format", None, "text", "Log format: text or json (one object per line)."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics on /metrics of this endpoint of its own, "
+            "e.g. tcp:9108:interface=127.0.0.1 (default: off).",
+        ],
         [
             "redis",
             None,
@@ -707,7 +727,7 @@ def listening_endpoint(options: usage.Options, reactor: Any) -> Any:
 
 
 #: Options the parent of --workers keeps: each worker gets its own instead.
-_PARENT_ONLY = frozenset({"workers", "port", "redis", "node-id", "adopt-fd"})
+_PARENT_ONLY = frozenset({"workers", "port", "redis", "node-id", "adopt-fd", "metrics"})
 
 
 def worker_arguments(options: usage.Options) -> list[str]:
@@ -784,6 +804,11 @@ def supervisor_service(
         Worker(f"{node}-{i}", (*common, "--node-id", f"{node}-{i}"))
         for i in range(1, options["workers"] + 1)
     ]
+    directory = (
+        Path(tempfile.mkdtemp(prefix="officerouter-metrics-"))
+        if options["metrics"] is not None
+        else Path()
+    )
     env = {k: v for k, v in environ.items() if k not in SYSTEMD_VARIABLES}
     if options["redis"]:
         # Through the environment: a URL may hold a password, and every
@@ -799,8 +824,78 @@ def supervisor_service(
         clock=reactor,
         stop_timeout=options["shutdown-timeout"],
     ).setServiceParent(top)
+    if options["metrics"] is not None:
+        # One target for the machine: the parent reads each worker's metrics
+        # from a private socket and labels them with the worker.
+        for worker in workers:
+            worker.args = (
+                *worker.args,
+                "--metrics",
+                worker_endpoint(worker_socket(directory, worker.name)),
+            )
+        endpoint = metrics_endpoint(options["metrics"], reactor)
+        TemporaryDirectory(directory).setServiceParent(top)
+        StreamServerEndpointService(
+            endpoint,
+            metrics_site(WorkersResource(reactor, workers, directory)),
+        ).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
+    return top
+
+
+class TemporaryDirectory(service.Service):
+    """Removes a directory made for the process (the workers' metrics sockets)
+    when the process stops."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def metrics_endpoint(description: str, reactor: Any) -> Any:
+    """The endpoint ``--metrics`` names.
+
+    :raises SystemExit: with one line, for an endpoint that cannot be used.
+    """
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:  # any parser's error: a bad --metrics is a config error
+        raise SystemExit(
+            f"officerouter: --metrics: {description!r} is not a usable endpoint "
+            f"({e.__class__.__name__}: {e})"
+        ) from None
+
+
+def metrics_service(
+    description: str,
+    metrics: Metrics,
+    registry: OrgRegistry,
+    factory: OfficeServerFactory,
+    reactor: Any,
+    redis: RedisBackplane | None,
+) -> service.IService:
+    """The ``--metrics`` listener, the reactor-lag probe and the GC timer."""
+    endpoint = metrics_endpoint(description, reactor)
+    metrics.registry.register(
+        RouterCollector(
+            registry,
+            factory,
+            link=redis.link if redis is not None else None,
+            backplane=redis,
+        )
+    )
+    if redis is not None:
+        redis.link.on_rtt = metrics.redis_rtt.observe
+    top = service.MultiService()
+    ReactorLag(metrics, reactor).setServiceParent(top)
+    GCPauses(metrics).setServiceParent(top)
+    StreamServerEndpointService(
+        endpoint, metrics_site(MetricsResource(metrics.registry))
+    ).setServiceParent(top)
     return top
 
 
@@ -877,7 +972,9 @@ def makeService(options: usage.Options) -> service.IService:
         leeway=settings.leeway_seconds,
     )
     limits = limits_from(options)
+    metrics = Metrics()
     factory = OfficeServerFactory(
+        metrics=metrics,
         registry=registry,
         verifier=verifier,
         clock=clock,
@@ -902,6 +999,16 @@ def makeService(options: usage.Options) -> service.IService:
     endpoint = listening_endpoint(options, reactor)
     stop = exit_cleanly_on_signals(reactor)
     top = service.MultiService()
+    if options["metrics"] is not None:
+        # First: it answers while Redis is awaited, and stops last.
+        metrics_service(
+            options["metrics"],
+            metrics,
+            registry,
+            factory,
+            reactor,
+            redis_backplane if link is not None else None,
+        ).setServiceParent(top)
     if options["adopt-fd"] is not None:
         parent_watch(stop).setServiceParent(top)
     listener = StreamServerEndpointService(endpoint, site)

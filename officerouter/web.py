@@ -32,6 +32,7 @@ from officerouter.codec import ContractError, converter, decode_notify, dumps
 from officerouter.config import Settings
 from officerouter.inflight import InFlight
 from officerouter.messages import MAX_ID_LENGTH, PresenceUser
+from officerouter.metrics import Metrics
 from officerouter.registry import OrgRegistry
 from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
 
@@ -390,26 +391,34 @@ class NotifyResource(_MethodsResource):
         registry: OrgRegistry,
         settings: Settings,
         idempotency_seconds: float = 300.0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
         self._settings = settings
         self._idempotency_seconds = idempotency_seconds
+        self._metrics = metrics if metrics is not None else Metrics()
 
     def render_POST(self, request: server.Request) -> bytes | int:
+        started = self._metrics.now()
+
+        def counted(body: bytes) -> bytes:
+            self._metrics.notified(request.code, started)
+            return body
+
         try:
             answer = self._notify(request)
         except Exception:
             log.failure("unexpected error handling a notification")
-            return _error(request, 500, codes.ERR_INTERNAL, "internal error")
+            return counted(_error(request, 500, codes.ERR_INTERNAL, "internal error"))
         if isinstance(answer, bytes):
-            return answer
+            return counted(answer)
         publishing, targets = answer
         return _answer_when_done(
             request,
             publishing,
-            lambda published: self._published(request, published, targets),
-            lambda failure: self._failed(request, failure),
+            lambda published: counted(self._published(request, published, targets)),
+            lambda failure: counted(self._failed(request, failure)),
         )
 
     def _published(
@@ -608,6 +617,7 @@ def make_site(
     http_timeout: float = 30.0,
     access_log: bool = False,
     idempotency_seconds: float = 300.0,
+    metrics: Metrics | None = None,
 ) -> OfficeSite:
     """Build the one :class:`~twisted.web.server.Site` the daemon listens with.
 
@@ -619,7 +629,13 @@ def make_site(
     root.putChild(b"websocket", OfficeWebSocketResource(factory))
     internal = _Branch()
     internal.putChild(
-        b"notify", NotifyResource(registry, settings, idempotency_seconds)
+        b"notify",
+        NotifyResource(
+            registry,
+            settings,
+            idempotency_seconds,
+            metrics if metrics is not None else factory.metrics,
+        ),
     )
     internal.putChild(b"presence", PresenceResource(registry, settings))
     root.putChild(b"internal", internal)

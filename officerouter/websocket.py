@@ -58,6 +58,7 @@ from officerouter.codec import (
 from officerouter.inflight import InFlight
 from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
 from officerouter.messages import ClientMessage, RefreshToken, TokenRefreshed
+from officerouter.metrics import UNKNOWN_TYPE, Metrics
 from officerouter.registry import OrgRegistry
 from officerouter.rooms import RefusedError, Session, error_frame
 
@@ -209,6 +210,9 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._compressing = False
         self._direct = False
         self._expiry: IDelayedCall | None = None
+        # The reason of our own refusal, if we refused: the metrics label it by
+        # that reason, and Autobahn's refusals (free text) as "protocol".
+        self._refusal: str | None = None
         self.paused = False
 
     # ------------------------------------------------------------ handshake
@@ -221,12 +225,22 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         # Autobahn turns an unexpected exception here into a bare 500 and a
         # warning without a traceback: log it ourselves, then deny.
         try:
-            return self._authenticate(request)
-        except ConnectionDeny:
+            result = self._authenticate(request)
+        except ConnectionDeny as e:
+            self._refusal = e.reason
             raise
         except Exception:
             self._log.failure("unexpected error authenticating a connection")
+            self._refusal = codes.REASON_INTERNAL
             raise ConnectionDeny(500, codes.REASON_INTERNAL) from None
+        if isinstance(result, Deferred):
+            result.addErrback(self._note_refusal)
+        return result
+
+    def _note_refusal(self, failure: Failure) -> Failure:
+        if isinstance(failure.value, ConnectionDeny):
+            self._refusal = failure.value.reason
+        return failure
 
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Any = None
@@ -234,6 +248,9 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         # Every refused handshake passes here, ours (ConnectionDeny) and
         # Autobahn's own (bad headers): one log line each, with peer and reason.
         # Autobahn's reasons may quote a header, and so a token: those are cut.
+        self.factory.metrics.handshake_refused(
+            code, reason if reason == self._refusal else "protocol"
+        )
         reason = _JWT_LIKE.sub("[token]", reason)
         self._log.info(
             "refused connection from {peer}: {status} {reason}",
@@ -317,6 +334,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         # half-joined connection behind.
         assert self._identity is not None
         factory = self.factory
+        factory.metrics.handshake_accepted()
         limits = factory.limits
         self._outbox = Outbox(limits.soft_buffer_bytes, limits.hard_buffer_bytes)
         self._guard = FloodGuard(
@@ -382,19 +400,27 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         session = self._session
         if session is None:
             return
+        metrics = self.factory.metrics
         if isBinary:
+            metrics.frame_received(UNKNOWN_TYPE, "refused")
             self.close(codes.CLOSE_UNSUPPORTED_DATA, codes.REASON_BINARY)
             return
         if not self._allow_frame(session):
+            metrics.frame_received(UNKNOWN_TYPE, "rate_limited")
             return
         registry = self.factory.registry
+        type_ = UNKNOWN_TYPE
         try:
             message = self._decode(session, payload)
-            if registry.catalog[message.type].local:
+            type_ = message.type
+            if registry.catalog[type_].local:
                 self._refresh(session, message)
+                metrics.frame_received(type_, "answered")
             else:
                 registry.receive(session, message)
+                metrics.frame_received(type_, "relayed")
         except ContractError as e:
+            metrics.frame_received(type_, "refused")
             self._log.info(
                 "rejected a frame from connection {connection_id}: {code}",
                 connection_id=session.connection_id,
@@ -529,6 +555,13 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self.close(codes.CLOSE_POLICY_VIOLATION, codes.REASON_FLOODING)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._outbox is not None:  # it was open
+            if self.closedByMe:
+                self.factory.metrics.closed(self.localCloseCode, "server")
+            elif self.remoteCloseCode is not None:
+                self.factory.metrics.closed(self.remoteCloseCode, "client")
+            else:
+                self.factory.metrics.closed(code, "abnormal")
         self._leave()
         self.factory.live.discard(self)
 
@@ -560,6 +593,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             if message.ephemeral and message.sender
             else None
         )
+        self.factory.frames_sent += 1
         # With permessage-deflate each frame is compressed for this connection
         # when flushed, so the queue holds the message, not the shared frame.
         self._queue(message.data if self._compressing else framed(message), key)
@@ -570,6 +604,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             for message in burst.messages:
                 self.send(message)
         elif self.state == _STATE_OPEN and self._outbox is not None:
+            self.factory.frames_sent += len(burst.messages)
             self._queue(framed_burst(burst), None)
 
     def _queue(self, item: bytes, key: str | None) -> None:
@@ -583,6 +618,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             self.factory.flusher.schedule(self)
 
     def _overflow(self, outbox: Outbox) -> None:
+        self.factory.metrics.slow_client_drops.inc()
         self._log.info(
             "closing connection {connection_id}: {size} bytes waiting, client too slow",
             connection_id=self._session.connection_id if self._session else None,
@@ -672,6 +708,7 @@ class OfficeServerFactory(WebSocketServerFactory):
         close_handshake_timeout: float = 5.0,
         token_expiry_enforced: bool = True,
         token_expiry_grace: float = 10.0,
+        metrics: Metrics | None = None,
         **kwargs: Any,
     ) -> None:
         # No version in the Server header, and no HTML status page on a plain GET.
@@ -683,6 +720,11 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.limits = limits
         self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
+        #: The instruments the connections count with (docs/operations.md).
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: Messages queued to clients, each connection counted (read at scrape
+        #: time: an int is the cheapest counter on the busiest path).
+        self.frames_sent = 0
         #: Close each connection when its token expires (``--token-expiry``),
         #: this many seconds after ``exp`` (``--token-expiry-grace``).
         self.token_expiry_enforced = token_expiry_enforced

@@ -262,6 +262,8 @@ class Worker:
     started_at: float = 0.0
     delay: float = MIN_RESTART_DELAY
     restart: IDelayedCall | None = None
+    #: Times it ended unasked and was restarted (metrics).
+    restarts: int = 0
     waiters: list[defer.Deferred[None]] = attrs.Factory(list)
 
 
@@ -382,6 +384,7 @@ class Supervisor(service.Service):
             how=how,
             delay=worker.delay,
         )
+        worker.restarts += 1
         self._restart_later(worker)
 
     def _restart_later(self, worker: Worker) -> None:
