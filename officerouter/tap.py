@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from prometheus_client import GCCollector, ProcessCollector, disable_created_metrics
+
 import txaio
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -880,6 +882,13 @@ def metrics_service(
 ) -> service.IService:
     """The ``--metrics`` listener, the reactor-lag probe and the GC timer."""
     endpoint = metrics_endpoint(description, reactor)
+    # Each counter's _created twin doubles the series for nothing a dashboard
+    # uses (process-wide: this is the daemon, and its only registry).
+    disable_created_metrics()
+    # The process's CPU, memory and descriptors, and the interpreter's own
+    # collection counts, as every Python exporter shows them.
+    ProcessCollector(registry=metrics.registry)
+    GCCollector(registry=metrics.registry)
     metrics.registry.register(
         RouterCollector(
             registry,
