@@ -462,6 +462,50 @@ def metrics_site(resource: Resource) -> MetricsSite:
     return site
 
 
+class MetricsListener(service.Service):
+    """Listens for scrapes while running.
+
+    An endpoint that cannot listen (its port in use) is logged as one error and
+    the router serves on without metrics: a scrape target that fails is what
+    an operator's ``up == 0`` alert is for, and clients should not lose their
+    router over it.
+    """
+
+    def __init__(self, endpoint: Any, site: server.Site, description: str) -> None:
+        self._endpoint = endpoint
+        self._site = site
+        self._description = description
+        self._port: Any = None
+        self._listening: defer.Deferred[Any] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = self._endpoint.listen(self._site)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: Any) -> None:
+        self._port = port
+        self._listening = None
+
+    def _failed(self, failure: Failure) -> None:
+        self._listening = None
+        log.error(
+            "--metrics: cannot listen on {endpoint}: {why}; serving without metrics",
+            endpoint=self._description,
+            why=failure.getErrorMessage(),
+        )
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
+        port, self._port = self._port, None
+        if port is not None:
+            stopped: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+            return stopped
+        return None
+
+
 # ---------------------------------------------------------------- --workers
 
 

@@ -43,6 +43,7 @@ from officerouter.limits import Limits, OriginPolicy
 from officerouter.metrics import (
     GCPauses,
     Metrics,
+    MetricsListener,
     MetricsResource,
     ReactorLag,
     RouterCollector,
@@ -837,9 +838,10 @@ def supervisor_service(
             )
         endpoint = metrics_endpoint(options["metrics"], reactor)
         TemporaryDirectory(directory).setServiceParent(top)
-        StreamServerEndpointService(
+        MetricsListener(
             endpoint,
             metrics_site(WorkersResource(reactor, workers, directory)),
+            options["metrics"],
         ).setServiceParent(top)
     if options["dev"]:
         sys.stdout.flush()
@@ -902,8 +904,8 @@ def metrics_service(
     top = service.MultiService()
     ReactorLag(metrics, reactor).setServiceParent(top)
     GCPauses(metrics).setServiceParent(top)
-    StreamServerEndpointService(
-        endpoint, metrics_site(MetricsResource(metrics.registry))
+    MetricsListener(
+        endpoint, metrics_site(MetricsResource(metrics.registry)), description
     ).setServiceParent(top)
     return top
 

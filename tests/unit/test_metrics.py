@@ -13,7 +13,10 @@ from prometheus_client import generate_latest
 
 import pytest_twisted
 from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 
 from officerouter import codes
 from officerouter.auth import TokenVerifier
@@ -23,11 +26,13 @@ from officerouter.messages import ClientMessage, PositionUpdate
 from officerouter.metrics import (
     GCPauses,
     Metrics,
+    MetricsListener,
     MetricsResource,
     ReactorLag,
     RouterCollector,
     close_label,
     merge_worker_metrics,
+    metrics_site,
 )
 from officerouter.web import make_site
 from officerouter.websocket import OfficeServerFactory
@@ -271,3 +276,51 @@ def test_workers_metrics_merge_with_a_worker_label():
         if s.name == "officerouter_handshakes_total"
     }
     assert totals == {"w-1": 1.0, "w-2": 2.0}
+
+
+class _Port:
+    stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class _Endpoint:
+    """A server endpoint that listens, or fails to, at once."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def listen(self, factory: Any) -> Any:
+        if isinstance(self.result, Exception):
+            return defer.fail(self.result)
+        return defer.succeed(self.result)
+
+
+def test_metrics_listener_stops_listening_with_the_service(metrics: Metrics):
+    """The listener listens on start and stops listening on stop."""
+    port = _Port()
+    listener = MetricsListener(
+        _Endpoint(port), metrics_site(MetricsResource(metrics.registry)), "tcp:9108"
+    )
+    listener.startService()
+    assert not port.stopped
+    listener.stopService()
+    assert port.stopped
+
+
+def test_metrics_listener_that_cannot_listen_logs_one_error(
+    metrics: Metrics, log_events: list[dict[str, Any]]
+):
+    """A port in use is one error naming --metrics; the router serves on."""
+    listener = MetricsListener(
+        _Endpoint(CannotListenError("127.0.0.1", 9108, OSError("in use"))),
+        metrics_site(MetricsResource(metrics.registry)),
+        "tcp:9108",
+    )
+    listener.startService()
+    errors = [e for e in log_events if e.get("log_level") == LogLevel.error]
+    assert len(errors) == 1
+    assert errors[0]["endpoint"] == "tcp:9108"
+    assert "--metrics" in errors[0]["log_format"]
+    assert listener.stopService() is None
