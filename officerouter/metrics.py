@@ -178,6 +178,7 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self._notified: dict[int, Any] = {}
         self.notify_latency = Histogram(
             "officerouter_notify_latency_seconds",
             "From a notify request read whole to its frames queued (with Redis: "
@@ -240,7 +241,10 @@ class Metrics:
 
     def notified(self, status: int, started: float | None = None) -> None:
         """A notify was answered with ``status``; ``started`` for its latency."""
-        self.notifications.labels(str(status)).inc()
+        child = self._notified.get(status)
+        if child is None:
+            child = self._notified[status] = self.notifications.labels(str(status))
+        child.inc()
         if started is not None and status == 200:
             self.notify_latency.observe(self.now() - started)
 
@@ -554,6 +558,30 @@ def merge_worker_metrics(
     return list(families.values())
 
 
+def machine_families(
+    workers: Sequence[Any], texts: Sequence[str | None]
+) -> list[Metric]:
+    """What the parent of ``--workers`` answers: every worker's metrics (``texts``,
+    ``None`` for a worker that did not answer) and its own about them."""
+    families = merge_worker_metrics(
+        [(w.name, text) for w, text in zip(workers, texts, strict=True) if text]
+    )
+    up = GaugeMetricFamily(
+        "officerouter_worker_up",
+        "1 when the worker answered the parent's read of its metrics.",
+        labels=["worker"],
+    )
+    restarts = CounterMetricFamily(
+        "officerouter_worker_restarts",
+        "Times the parent restarted the worker after it ended.",
+        labels=["worker"],
+    )
+    for worker, text in zip(workers, texts, strict=True):
+        up.add_metric([worker.name], 1 if text else 0)
+        restarts.add_metric([worker.name], worker.restarts)
+    return [*families, up, restarts]
+
+
 class _Families(Collector):
     """A collector yielding metric families made elsewhere."""
 
@@ -625,23 +653,7 @@ class WorkersResource(Resource):
         self, request: server.Request, names: list[str], texts: list[str | None]
     ) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        families = merge_worker_metrics(
-            [(name, text) for name, text in zip(names, texts, strict=True) if text]
-        )
-        up = GaugeMetricFamily(
-            "officerouter_worker_up",
-            "1 when the worker answered the parent's read of its metrics.",
-            labels=["worker"],
-        )
-        restarts = CounterMetricFamily(
-            "officerouter_worker_restarts",
-            "Times the parent restarted the worker after it ended.",
-            labels=["worker"],
-        )
-        for worker, text in zip(self._workers, texts, strict=True):
-            up.add_metric([worker.name], 1 if text else 0)
-            restarts.add_metric([worker.name], worker.restarts)
-        registry.register(_Families([*families, up, restarts]))
+        registry.register(_Families(machine_families(self._workers, texts)))
         body = generate_latest(registry)
         if request.finished or getattr(request, "_disconnected", False):
             return
