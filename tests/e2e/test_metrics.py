@@ -27,7 +27,7 @@ from tests.daemon import (
     twistd_command,
     write_env_file,
 )
-from tests.loopback import Client, wait_until
+from tests.loopback import Client, sleep, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -264,6 +264,19 @@ async def test_workers_parent_shows_the_whole_machine(
             if name == "officerouter_backplane_up"
         } == workers
         assert total(samples, "officerouter_backplane_up") == 2
+        # Each worker pings Redis every 2 s and times the round trip.
+        for _ in range(100):
+            _, _, samples = await scrape(metrics_port)
+            rtts = [
+                v
+                for (n, ls), v in samples.items()
+                if n == "officerouter_redis_rtt_seconds_count"
+            ]
+            if len(rtts) == 2 and min(rtts) >= 1:
+                break
+            await sleep(0.1)
+        else:
+            raise AssertionError("no Redis round trip was measured")
 
         client = await open_client(port, signed(values, "user-1", ORG, "member"))
         status, _ = await post(
