@@ -88,6 +88,11 @@ async def test_client_that_stops_reading_is_closed_1013_and_freed(router, token)
         frames = slow.frames()
         assert frames[-1][0] == 0x8
         assert struct.unpack("!H", frames[-1][1][:2])[0] == 1013
+        # The metrics count the drop (officerouter_slow_client_drops_total).
+        drops = router.factory.metrics.registry.get_sample_value(
+            "officerouter_slow_client_drops_total"
+        )
+        assert drops == 1
     finally:
         slow.close()
 

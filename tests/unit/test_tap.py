@@ -671,3 +671,24 @@ def test_node_id_names_the_process_in_json_logs(valid_env_file):
         assert logs.node() == "office-2"
     finally:
         logs.set_node(None)
+
+
+def test_metrics_is_off_by_default_and_not_given_to_workers():
+    """--metrics is off unless asked; a worker never gets the parent's endpoint
+    (it gets a socket of its own from the parent)."""
+    assert parse()["metrics"] is None
+    options = parse(
+        "--metrics", "tcp:9108:interface=127.0.0.1", "--workers", "2", "--rate", "5"
+    )
+    arguments = tap.worker_arguments(options)
+    assert "--metrics" not in arguments
+    assert arguments == ["--rate", "5.0"]
+
+
+def test_bad_metrics_endpoint_is_one_line():
+    """A --metrics string no endpoint parser takes ends the start with one line."""
+    with pytest.raises(SystemExit) as raised:
+        tap.metrics_endpoint("nonsense:9108", reactor)
+    message = str(raised.value)
+    assert message.startswith("officerouter: --metrics: 'nonsense:9108'")
+    assert "\n" not in message
