@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from officerouter import codes, logs
+from officerouter.admin import AdminResource
 from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.backplane import Backplane, LocalBackplane
@@ -39,7 +40,7 @@ from officerouter.limits import Limits, OriginPolicy
 from officerouter.redis_backplane import NODE_ID, RedisBackplane
 from officerouter.redis_client import RedisLink
 from officerouter.registry import OrgRegistry
-from officerouter.web import make_site
+from officerouter.web import OfficeSite, make_site
 from officerouter.websocket import OfficeServerFactory
 from officerouter.workers import (
     SYSTEMD_VARIABLES,
@@ -141,6 +142,12 @@ class Options(usage.Options):
             "auto-knock",
             None,
             "Send guest_knock to owners and admins when a pending guest connects.",
+        ],
+        [
+            "admin",
+            None,
+            "Serve the admin page on /admin (needs ADMIN_PASSWORD_HASH or "
+            "ADMIN_PASSWORD in the environment or env file).",
         ],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
@@ -804,6 +811,34 @@ def supervisor_service(
     return top
 
 
+def admin_page(
+    options: usage.Options,
+    settings: Settings,
+    registry: OrgRegistry,
+    clock: IReactorTime,
+    site: Callable[[], OfficeSite],
+) -> AdminResource | None:
+    """The admin page ``--admin`` asks for, or ``None``.
+
+    :param site: the site it is mounted on (built later), for its counters.
+    :raises SystemExit: with one line, when no admin password is configured.
+    """
+    if not options["admin"]:
+        return None
+    if settings.admin_password is None:
+        raise SystemExit(
+            "officerouter: ADMIN_PASSWORD_HASH: not set; --admin needs it (make "
+            "one with `officerouter admin-hash`) or ADMIN_PASSWORD, in the "
+            "environment or the env file"
+        )
+    return AdminResource(
+        registry,
+        settings.admin_password,
+        clock,
+        counters=lambda: {"httpRequests": len(site().in_flight)},
+    )
+
+
 def makeService(options: usage.Options) -> service.IService:
     """Assemble the daemon: settings, registry, WebSocket factory, site, listener.
 
@@ -877,6 +912,7 @@ def makeService(options: usage.Options) -> service.IService:
         leeway=settings.leeway_seconds,
     )
     limits = limits_from(options)
+    admin = admin_page(options, settings, registry, clock, lambda: site)
     factory = OfficeServerFactory(
         registry=registry,
         verifier=verifier,
@@ -898,6 +934,7 @@ def makeService(options: usage.Options) -> service.IService:
         http_timeout=options["http-timeout"],
         idempotency_seconds=options["idempotency-seconds"],
         access_log=bool(options["access-log"]),
+        admin=admin,
     )
     endpoint = listening_endpoint(options, reactor)
     stop = exit_cleanly_on_signals(reactor)
