@@ -17,8 +17,16 @@ from twisted.web.resource import Resource
 from officerouter import codes
 from officerouter.admin import COOKIE, AdminResource
 from officerouter.admin_login import AdminPassword, LoginThrottle, hash_password
+from officerouter.backplane import BackplaneUnavailable
+from officerouter.messages import PresenceUser
 from officerouter.registry import OrgRegistry
-from tests.unit.fakes import FakeConnection, identity, make_registry, result_of
+from tests.unit.fakes import (
+    FakeBackplane,
+    FakeConnection,
+    identity,
+    make_registry,
+    result_of,
+)
 
 PASSWORD = "correct horse battery staple"
 CSP = (
@@ -428,3 +436,92 @@ def test_form_must_be_urlencoded(browser: Browser) -> None:
         "POST", "/admin/login", data=b"{}", headers={"Content-Type": "application/json"}
     )
     assert code == 400
+
+
+def test_actions_answer_503_while_the_backplane_is_down(clock: Clock) -> None:
+    """With the shared backplane away, an action is 503 with Retry-After and
+    nothing is published; a failed publish is 503 too."""
+    backplane = FakeBackplane(clock)
+    registry = make_registry(clock, backplane=backplane)
+    browser = Browser(AdminResource(registry, AdminPassword.plain(PASSWORD), clock))
+    browser.login()
+    csrf = browser.csrf()
+    backplane.set_up(False)
+    code, headers, body = browser.post(
+        "/admin/notify", {"orgId": "org-a", "message": "hi", "csrf": csrf}
+    )
+    assert code == 503
+    assert headers.getRawHeaders(b"retry-after") == [b"1"]
+    assert "Nothing was sent" in body
+    assert backplane.published == []
+    backplane.set_up(True)
+    backplane.refuse = BackplaneUnavailable("Redis went away")
+    code, _, body = browser.post(
+        "/admin/notify", {"orgId": "org-a", "message": "hi", "csrf": csrf}
+    )
+    assert code == 503
+    assert "Redis went away" in body
+
+
+def test_org_page_of_an_org_elsewhere(clock: Clock) -> None:
+    """An org without a room here shows the cluster's presence, and says that
+    this process keeps no history for it."""
+    backplane = FakeBackplane(clock)
+    backplane.remote_users["org-far"] = [
+        PresenceUser(userId="zed", role="admin", connections=3, position=None)
+    ]
+    registry = make_registry(clock, backplane=backplane)
+    browser = Browser(AdminResource(registry, AdminPassword.plain(PASSWORD), clock))
+    browser.login()
+    code, _, body = browser.get("/admin/org?id=org-far")
+    assert code == 200
+    assert '<td class="user-id">zed</td><td>admin</td><td>3</td>' in body
+    assert "keeps no history for this org" in body
+    counters = json.loads(browser.get("/admin/counters")[2])
+    assert counters["backplane"] == "up"
+
+
+@pytest.mark.parametrize(
+    "query", ["", "?id=", "?id=%20", "?id=%FF", "?id=" + "x" * 129]
+)
+def test_org_page_needs_an_org_id(browser: Browser, query: str) -> None:
+    """A missing, blank, non-UTF-8 or too long org id is 400."""
+    browser.login()
+    code, _, body = browser.get("/admin/org" + query)
+    assert code == 400
+    assert "id must be an org id" in body
+
+
+def test_long_frames_are_cut_in_the_history(
+    browser: Browser, registry: OrgRegistry
+) -> None:
+    """A long frame is shown cut at 400 characters."""
+    connect(registry, "alice")
+    browser.login()
+    browser.post(
+        "/admin/notify",
+        {"orgId": "org-a", "message": "y" * 1000, "csrf": browser.csrf()},
+    )
+    _, _, body = browser.get("/admin/org?id=org-a")
+    assert "…</code>" in body
+    assert "y" * 1000 not in body
+
+
+def test_form_must_be_utf8(browser: Browser) -> None:
+    """A form that is not UTF-8 is 400."""
+    code, _, body = browser.request(
+        "POST", "/admin/login", data=b"password=%FF", headers=FORM
+    )
+    assert code == 400
+    assert "UTF-8" in body
+
+
+def test_head_and_static_methods(browser: Browser) -> None:
+    """HEAD answers a page's headers without a body; static files are GET only."""
+    code, headers, body = browser.request("HEAD", "/admin/login")
+    assert code == 200
+    assert body == ""
+    assert headers.getRawHeaders(b"content-security-policy") == [CSP.encode()]
+    code, headers, _ = browser.request("POST", "/admin/static/admin.js")
+    assert code == 405
+    assert headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
