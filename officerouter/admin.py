@@ -17,7 +17,7 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -93,6 +93,8 @@ class AdminResource(Resource):
     :param password: how the password is checked.
     :param clock: the time, for sessions and throttling.
     :param counters: extra live counters (name -> value) from the site.
+    :param check: runs the password check; the daemon runs it in a thread, as
+        an scrypt takes a tenth of a second (default: at once, for tests).
     """
 
     isLeaf = True
@@ -106,10 +108,11 @@ class AdminResource(Resource):
         sessions: SessionStore | None = None,
         throttle: LoginThrottle | None = None,
         counters: Callable[[], dict[str, int]] = dict,
+        check: Callable[[str], Deferred[bool]] | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
-        self._password = password
+        self._check = check or (lambda given: succeed(password.matches(given)))
         self._clock = clock
         self.sessions = sessions or SessionStore(clock.seconds)
         self.throttle = throttle or LoginThrottle(clock.seconds)
@@ -275,7 +278,7 @@ class AdminResource(Resource):
 </form>""",
         )
 
-    def _login(self, request: server.Request) -> bytes:
+    def _login(self, request: server.Request) -> bytes | int:
         peer = _peer(request)
         if not self._same_origin(request):
             log.warn("admin: refused a cross-origin login from {peer}", peer=peer)
@@ -296,7 +299,14 @@ class AdminResource(Resource):
                 request, f"Too many attempts; try again in {seconds} s."
             )
         password = self._form(request).get("password", "")
-        if not self._password.matches(password):
+        return self._when_done(
+            request,
+            self._check(password),
+            lambda matches: self._logged_in(request, peer, matches),
+        )
+
+    def _logged_in(self, request: server.Request, peer: str, matches: bool) -> bytes:
+        if not matches:
             log.warn("admin: wrong password from {peer}", peer=peer)
             request.setResponseCode(401)
             return self._login_form(request, "Wrong password.")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import txaio
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -831,11 +831,14 @@ def admin_page(
             "one with `officerouter admin-hash`) or ADMIN_PASSWORD, in the "
             "environment or the env file"
         )
+    password = settings.admin_password
     return AdminResource(
         registry,
-        settings.admin_password,
+        password,
         clock,
         counters=lambda: {"httpRequests": len(site().in_flight)},
+        # An scrypt takes a tenth of a second: not on the reactor's thread.
+        check=lambda given: threads.deferToThread(password.matches, given),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.web.resource import Resource
@@ -525,3 +526,36 @@ def test_head_and_static_methods(browser: Browser) -> None:
     code, headers, _ = browser.request("POST", "/admin/static/admin.js")
     assert code == 405
     assert headers.getRawHeaders(b"allow") == [b"GET, HEAD"]
+
+
+def test_login_waits_for_the_password_check(
+    registry: OrgRegistry, clock: Clock
+) -> None:
+    """The password check may answer later (the daemon runs it in a thread): the
+    login is answered when it does."""
+    pending: list[tuple[str, Deferred[bool]]] = []
+
+    def check(given: str) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        pending.append((given, d))
+        return d
+
+    admin = AdminResource(registry, AdminPassword.plain(PASSWORD), clock, check=check)
+    browser = Browser(admin)
+    answer = browser.stub.request(
+        "POST",
+        browser.base + "/admin/login",
+        data={"password": PASSWORD},
+        headers=FORM,
+        allow_redirects=False,
+    )
+    got: list[Any] = []
+    answer.addBoth(got.append)
+    assert got == []
+    ((given, d),) = pending
+    assert given == PASSWORD
+    d.callback(True)
+    browser.stub.flush()
+    (response,) = got
+    assert response.code == 303
+    assert response.headers.getRawHeaders(b"set-cookie")
