@@ -447,7 +447,11 @@ class AdminResource(Resource):
     def _flash(self, request: server.Request) -> str:
         done = self._arg(request, b"done")
         count = self._arg(request, b"n")
-        if done not in ("sent", "disconnected") or count is None or not count.isdigit():
+        if (
+            done not in ("sent", "disconnected")
+            or count is None
+            or not (count.isascii() and count.isdigit())
+        ):
             return ""
         what = (
             "Test notification delivered to"

@@ -559,3 +559,13 @@ def test_login_waits_for_the_password_check(
     (response,) = got
     assert response.code == 303
     assert response.headers.getRawHeaders(b"set-cookie")
+
+
+@pytest.mark.parametrize("query", ["&done=sent&n=%C2%B2", "&done=other&n=1", "&n=1"])
+def test_flash_takes_only_its_own_values(browser: Browser, query: str) -> None:
+    """The result line shows only a known action and a plain count (no text
+    from the URL)."""
+    browser.login()
+    code, _, body = browser.get("/admin/org?id=org-a" + query)
+    assert code == 200
+    assert 'class="flash"' not in body
