@@ -195,23 +195,30 @@ class AdminResource(Resource):
     def _same_origin(self, request: server.Request) -> bool:
         """Whether a POST comes from this page, as far as the browser says.
 
-        With ``Referrer-Policy: no-referrer`` Chromium sends ``Origin: null`` on
-        same-origin form posts, so ``Sec-Fetch-Site`` decides then; a request
-        with neither header is not a browser's (the CSRF token still applies).
+        ``Sec-Fetch-Site`` (set by the browser, never by a page) decides when
+        present.  Otherwise ``Origin`` must name this host (as the client asked
+        for it: ``Host``, or ``X-Forwarded-Host`` behind a proxy that rewrites
+        ``Host``; a cross-site form cannot set either); ``Origin: null`` is
+        refused.  A request with neither header is not a browser's: the CSRF
+        token is what protects it.
         """
-        origin = request.getHeader(b"origin")
-        if origin is not None and origin != b"null":
-            host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-            try:
-                parts = urlsplit(origin.decode("latin-1"))
-            except ValueError:
-                return False
-            if parts.scheme not in ("http", "https") or parts.netloc.lower() != host:
-                return False
         site = request.getHeader(b"sec-fetch-site")
         if site is not None:
             return site in (b"same-origin", b"none")
-        return origin != b"null"
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True
+        try:
+            parts = urlsplit(origin.decode("latin-1"))
+        except ValueError:
+            return False
+        hosts = {
+            (request.getHeader(name) or b"").decode("latin-1").split(",")[0].strip()
+            for name in (b"host", b"x-forwarded-host")
+        }
+        return parts.scheme in ("http", "https") and parts.netloc.lower() in {
+            h.lower() for h in hosts if h
+        }
 
     def _form(self, request: server.Request) -> dict[str, str]:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
