@@ -767,6 +767,14 @@ def supervisor_service(
                 "several workers cannot share one SQLite file; "
                 "leave --history out with --workers",
             )
+        if options["admin"]:
+            raise ConfigError(
+                "--admin",
+                "each worker would keep its own admin sessions, and a browser's "
+                "connections land on any of them; serve the admin page from a "
+                "process of its own (--admin --redis on another port, without "
+                "--workers; docs/operations.md, Admin page)",
+            )
         twistd = Path(sys.executable).parent / "twistd"
         if not twistd.exists():
             raise ConfigError(

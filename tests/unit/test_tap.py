@@ -582,6 +582,7 @@ def test_workers_check_the_configuration_first(tmp_path):
         (["--port", "unix:/run/o.sock"], "officerouter: --port: 'unix:"),
         (["--port", "systemd:domain=INET:index=0"], "officerouter: --port: 'systemd:"),
         (["--history", "sqlite:/var/lib/h.sqlite"], "officerouter: --history: "),
+        (["--admin"], "officerouter: --admin: each worker would keep its own"),
     ],
 )
 def test_workers_refuse_what_they_cannot_share(tmp_path, env_values, args, prefix):
