@@ -36,6 +36,7 @@ from officerouter.backplane import BackplaneUnavailable, Published
 from officerouter.codec import ContractError, decode_notify, dumps
 from officerouter.messages import MAX_ID_LENGTH, PresenceUser
 from officerouter.registry import OrgRegistry
+from officerouter.web import _answer_when_done as answer_when_done
 
 log = Logger()
 
@@ -620,29 +621,14 @@ class AdminResource(Resource):
         succeeded: Callable[[Any], bytes],
     ) -> bytes | int:
         """Answer at once when ``result`` has fired, else when it fires."""
-        body: list[bytes] = []
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> bytes:
             if failure.check(BackplaneUnavailable):
-                body.append(self._unavailable(request, failure.getErrorMessage()))
-                return
+                return self._unavailable(request, failure.getErrorMessage())
             log.failure("admin: unexpected error", failure)
-            body.append(
-                self._page(request, 500, "Internal error", "<p>Internal error.</p>")
-            )
+            return self._page(request, 500, "Internal error", "<p>Internal error.</p>")
 
-        result.addCallbacks(lambda value: body.append(succeeded(value)), failed)
-        if body:
-            return body[0]
-
-        def late(_: object) -> None:
-            if request.finished or getattr(request, "_disconnected", False):
-                return
-            request.write(body[0])
-            request.finish()
-
-        result.addCallback(late)
-        return server.NOT_DONE_YET
+        return answer_when_done(request, result, succeeded, failed)
 
     def _page(
         self,
