@@ -142,13 +142,13 @@ class OrgRegistry:
         room = self._rooms.get(org_id)
         return room.cluster_connection_count_of(user_id) if room is not None else 0
 
-    def rooms(self) -> list[OrgRoom]:
-        """Every room, live or kept for its history (a snapshot)."""
-        return list(self._rooms.values())
-
     def room(self, org_id: str) -> OrgRoom | None:
         """The org's room if it exists, live or kept for history (never creates one)."""
         return self._rooms.get(org_id)
+
+    def rooms(self) -> list[OrgRoom]:
+        """Every room of this process, live or kept for its history (a snapshot)."""
+        return list(self._rooms.values())
 
     def presence(self, org_id: str) -> list[PresenceUser]:
         """The org's online users as this process sees them (none without a room)."""
