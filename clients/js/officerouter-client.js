@@ -35,6 +35,7 @@ export const DEFAULTS = Object.freeze({
   refreshAt: 0.8, // refresh the token when this fraction of its lifetime has passed
   refreshRetry: 5000, // after a failed getToken() during a refresh, try again this much later
   resendPosition: true, // send our last position again on every new connection
+  presenceGrace: 5000, // a user missing from a reconnect's snapshot stays this long (the server's --presence-grace)
 });
 
 /**
@@ -141,6 +142,8 @@ export class OfficeClient {
 
     // Presence: userId -> frozen entry; kept across reconnects.
     this._presence = new Map();
+    // Users missing from a reconnect's snapshot, on probation: userId -> timer.
+    this._departing = new Map();
 
     // Positions: the latest one not yet sent, the last one sent, and when.
     this._pendingPosition = null;
@@ -411,6 +414,8 @@ export class OfficeClient {
     this._pendingPosition = null;
     this._listenToEnvironment(false);
     this._token = null;
+    for (const timer of this._departing.values()) this._clock.clearTimeout(timer);
+    this._departing.clear();
     if (this._presence.size > 0) {
       // Nobody can say who is online any more.
       this._presence = new Map();
@@ -512,10 +517,12 @@ export class OfficeClient {
     }
     const before = this._presence.get(payload.userId);
     if (type === "user_joined") {
+      this._keep(payload.userId);
       this._presence.set(payload.userId, Object.freeze({ ...payload }));
       if (!before) this._emit("join", this._presence.get(payload.userId));
     } else if (type === "user_left") {
       if (!before) return;
+      this._keep(payload.userId);
       this._presence.delete(payload.userId);
       this._emit("leave", payload.userId);
     } else if (type === "user_role_changed") {
@@ -528,20 +535,47 @@ export class OfficeClient {
   /**
    * Replace the map by a snapshot, in one step: users who stayed are never
    * removed and added again, so a reconnect causes no leave/join flicker.
+   *
+   * A user the snapshot lacks while we had them is not dropped at once: after a
+   * server restart everyone reconnects in some order, and the first back would
+   * see the others leave and join again. Like the server's own grace period,
+   * they stay (with `connections: 0`) for `presenceGrace`, and leave only if no
+   * `user_joined` brought them back by then.
    */
   _applySnapshot(users) {
     const next = new Map(users.map((user) => [user.userId, Object.freeze({ ...user })]));
-    const left = [...this._presence.keys()].filter((id) => !next.has(id));
     const joined = [...next.keys()].filter((id) => !this._presence.has(id));
+    for (const id of next.keys()) this._keep(id);
+    for (const [id, entry] of this._presence) {
+      if (next.has(id)) continue;
+      next.set(id, entry.connections === 0 ? entry : Object.freeze({ ...entry, connections: 0 }));
+      if (!this._departing.has(id)) {
+        const timer = this._clock.setTimeout(() => this._depart(id), this._options.presenceGrace);
+        this._departing.set(id, timer);
+      }
+    }
     const changed =
-      left.length > 0 ||
-      joined.length > 0 ||
-      [...next].some(([id, user]) => !sameEntry(user, this._presence.get(id)));
+      joined.length > 0 || [...next].some(([id, user]) => !sameEntry(user, this._presence.get(id)));
     this._presence = next;
-    for (const id of left) this._emit("leave", id);
     for (const id of joined) this._emit("join", next.get(id));
     if (changed || !this._presenceEmitted) this._emit("presence", this.presence);
     this._presenceEmitted = true;
+  }
+
+  /** A user on probation is back (or gone for sure): stop the probation. */
+  _keep(userId) {
+    const timer = this._departing.get(userId);
+    if (timer === undefined) return;
+    this._clock.clearTimeout(timer);
+    this._departing.delete(userId);
+  }
+
+  /** The probation of a user missing from a snapshot ran out: they left. */
+  _depart(userId) {
+    this._departing.delete(userId);
+    if (!this._presence.delete(userId)) return;
+    this._emit("leave", userId);
+    this._emit("presence", this.presence);
   }
 
   _position(userId, position) {

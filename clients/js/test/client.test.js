@@ -409,12 +409,36 @@ describe("presence", () => {
     FakeWebSocket.last.serverClose(1006);
     await clock.advance(2000);
     FakeWebSocket.last.welcome({ recovered: true, users: [user("bob"), user("erin")] });
-    assert.deepEqual(of("leave"), [["carol"]]);
+    // Carol is missing from the snapshot: she stays, with no connection, for
+    // the grace period, then leaves.
+    assert.deepEqual(of("leave"), []);
+    assert.equal(client.presence.get("carol").connections, 0);
     assert.deepEqual(
       of("join").map(([u]) => u.userId),
       ["bob", "carol", "erin"],
     );
+    await clock.advance(5000);
+    assert.deepEqual(of("leave"), [["carol"]]);
     assert.deepEqual([...client.presence.keys()], ["bob", "erin"]);
+  });
+
+  test("after a server restart, users who come back within the grace never left", async () => {
+    const { clock, of, client } = await setup();
+    FakeWebSocket.last.welcome({ users: [user("bob"), user("carol")] });
+    FakeWebSocket.last.serverClose(1001);
+    await clock.advance(1000);
+    // We are back first: the restarted server knows nobody yet.
+    FakeWebSocket.last.welcome({ recovered: true, users: [] });
+    await clock.advance(1000);
+    FakeWebSocket.last.receive({ type: "user_joined", payload: user("bob") });
+    FakeWebSocket.last.receive({ type: "user_joined", payload: user("carol") });
+    await clock.advance(60_000);
+    assert.deepEqual(of("leave"), []);
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["bob", "carol"],
+    );
+    assert.deepEqual(Object.fromEntries(client.presence), { bob: user("bob"), carol: user("carol") });
   });
 
   test("batched positions update every entry and emit one position each", async () => {
