@@ -170,10 +170,27 @@ def env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-def page(tmp_path: Path, env: tuple[Path, dict[str, str]]) -> Iterator[Page]:
+def minted() -> dict[str, Callable[[str], str]]:
+    """Token makers by user name, ``(reason) -> token``, for users that need
+    other tokens than the page's default (ten minutes, role member)."""
+    return {}
+
+
+@pytest.fixture
+def page(
+    tmp_path: Path,
+    env: tuple[Path, dict[str, str]],
+    minted: dict[str, Callable[[str], str]],
+) -> Iterator[Page]:
     """The test page in headless Chromium; ``pyToken(name, reason)`` signs a token
-    for the user called ``name`` (a name ending in ``!`` gets an hour-long one)."""
+    for the user called ``name``: a default one, or from ``minted``."""
     _, values = env
+
+    def token(name: str, reason: str) -> str:
+        if name in minted:
+            return minted[name](reason)
+        return signed(values, name, ORG, "member", 600)
+
     site = tmp_path / "site"
     (site / "clients").mkdir(parents=True)
     (site / "clients" / "js").symlink_to(CLIENT_JS)
@@ -181,9 +198,7 @@ def page(tmp_path: Path, env: tuple[Path, dict[str, str]]) -> Iterator[Page]:
     with static_server(site) as base, chromium() as browser:
         context = browser.new_context()
         page = context.new_page()
-        page.expose_function(
-            "pyToken", lambda name, reason: signed(values, name, ORG, "member", 600)
-        )
+        page.expose_function("pyToken", token)
         page.goto(base + "/index.html")
         page.wait_for_function("window.harnessReady === true")
         yield page
@@ -228,10 +243,6 @@ def seqs(entry: dict[str, Any]) -> list[int]:
 
 def opens(entry: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in entry["states"] if s["state"] == "open"]
-
-
-def sign_for(env: tuple[Path, dict[str, str]]) -> Callable[[str], str]:
-    return lambda user: signed(env[1], user, ORG, "member")
 
 
 @pytest.mark.parametrize("deployment", ["one-process", "redis"])
@@ -333,13 +344,10 @@ def test_a_ban_closes_the_client_for_good(tmp_path: Path, env, page: Page):
         daemon.notify(note("later"))
         wait(page, "logs.watcher.messages.length === 1")
         mallory = log(page, "mallory")
-        assert mallory["states"][-1] == {
-            "state": "closed",
-            "code": 4003,
-            "recovered": None,
-        }
+        closed = mallory["states"][-1]
+        assert (closed["state"], closed["code"]) == ("closed", 4003)
         assert [m["type"] for m in mallory["messages"]] == ["user_banned"]
-        assert mallory["tokenCalls"] == 1
+        assert [c["reason"] for c in mallory["calls"]] == ["connect"]
         assert mallory["sockets"] == 1
         assert page.evaluate("window.clients.mallory.state") == "closed"
         assert "mallory" not in {u["userId"] for u in daemon.presence(ORG)}
@@ -411,3 +419,66 @@ def test_killed_process_the_client_continues_on_the_other_with_no_gap(
         assert alice["states"][2]["state"] == "reconnecting"
         assert alice["states"][2]["code"] == 1006
         assert names(log(page, "bob")) == ["one", "two", "three"]
+
+
+def test_the_token_is_refreshed_before_it_expires(
+    tmp_path: Path, env, page: Page, minted
+):
+    """With four-second tokens, the client refreshes each one over the open
+    connection, which outlives them all without a 4001."""
+    minted["alice"] = lambda reason: signed(env[1], "alice", ORG, "member", 4)
+    daemon = Daemon(tmp_path, *env, "--token-expiry-grace", "1")
+    with daemons(daemon):
+        daemon.start()
+        start(page, "alice", url=daemon.websocket)
+        # The first token is gone (4 s, plus 1 s of grace) by the second refresh.
+        wait(page, "logs.alice.tokens.length === 2")
+        daemon.notify(note("still here"))
+        wait(page, "logs.alice.messages.length === 1")
+        alice = log(page, "alice")
+        assert [s["state"] for s in alice["states"]] == ["connecting", "open"]
+        assert alice["sockets"] == 1
+        assert [t["reason"] for t in alice["calls"]] == [
+            "connect",
+            "refresh",
+            "refresh",
+        ]
+        assert alice["errors"] == []
+
+
+def test_a_refused_refresh_is_reported_and_a_fresh_token_reconnects(
+    tmp_path: Path, env, page: Page, minted
+):
+    """A refresh the server refuses is reported; the 4001 at the old expiry is
+    followed at once by a connection with a fresh token that misses nothing."""
+    # Minted when asked: a short one to connect, then another user's to
+    # refresh with, then good ones.
+    plan = iter([("alice", 3), ("mallory", 600)])
+
+    def alice(reason: str) -> str:
+        user, ttl = next(plan, ("alice", 600))
+        return signed(env[1], user, ORG, "member", ttl)
+
+    minted["alice"] = alice
+    daemon = Daemon(tmp_path, *env, "--token-expiry-grace", "1")
+    with daemons(daemon):
+        daemon.start()
+        start(page, "alice", url=daemon.websocket)
+        wait(page, "logs.alice.states.some((s) => s.state === 'open')")
+        daemon.notify(note("one"))
+        wait(page, "logs.alice.errors.length === 1")
+        wait(page, "logs.alice.states.filter((s) => s.state === 'open').length === 2")
+        daemon.notify(note("two"))
+        wait(page, "logs.alice.messages.length === 2")
+        alice = log(page, "alice")
+        assert alice["errors"][0]["code"] == "refresh_refused"
+        assert "another user or org" in alice["errors"][0]["message"]
+        reconnecting = [s for s in alice["states"] if s["state"] == "reconnecting"]
+        assert [(s["code"], s["delay"]) for s in reconnecting] == [(4001, 0)]
+        assert [s["recovered"] for s in opens(alice)] == [None, True]
+        assert names(alice) == ["one", "two"]
+        assert [t["reason"] for t in alice["calls"]] == [
+            "connect",
+            "refresh",
+            "connect",
+        ]
