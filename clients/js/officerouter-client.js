@@ -110,6 +110,9 @@ export class OfficeClient {
     if (!["plain", "batched"].includes(this._options.positions)) {
       throw new TypeError('OfficeClient: positions must be "plain" or "batched"');
     }
+    if (!(this._options.positionRate > 0 && Number.isFinite(this._options.positionRate))) {
+      throw new TypeError("OfficeClient: positionRate must be a positive number of frames a second");
+    }
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this._WebSocket !== "function") {
       throw new TypeError("OfficeClient: no global WebSocket here; pass the WebSocket option");
@@ -119,9 +122,11 @@ export class OfficeClient {
     this._document = "document" in options ? options.document : globalThis.document;
     this._navigator = "navigator" in options ? options.navigator : globalThis.navigator;
 
-    this._listeners = new Map(); // event name -> Set of functions
+    this._listeners = new Map(); // event name -> Set of {listener}
+    this._listening = false; // to online/offline and visibilitychange
     this._state = "idle";
     this._ws = null; // the one socket we own; never two at once
+    this._generation = 0; // bumped by each attempt and by a stop: a stale attempt gives up
     this._timer = null; // the pending reconnect
     this._attempt = 0; // reconnects since the last stable connection
     this._urlIndex = 0;
@@ -137,6 +142,7 @@ export class OfficeClient {
     // Token bookkeeping.
     this._token = null;
     this._tokenReceivedAt = 0;
+    this._pendingToken = null; // sent in refresh_token, not yet confirmed
     this._refreshTimer = null;
     this._refreshDueAt = null;
 
@@ -144,6 +150,7 @@ export class OfficeClient {
     this._presence = new Map();
     // Users missing from a reconnect's snapshot, on probation: userId -> timer.
     this._departing = new Map();
+    this._presenceEmitted = false;
 
     // Positions: the latest one not yet sent, the last one sent, and when.
     this._pendingPosition = null;
@@ -299,21 +306,29 @@ export class OfficeClient {
 
   /** One connection attempt: a fresh token, then the socket. */
   async _open() {
-    const generation = (this._generation = (this._generation ?? 0) + 1);
+    const generation = ++this._generation;
+    const stale = () => generation !== this._generation || this._state === "closed";
     let token;
-    let url;
     try {
       token = await this._options.getToken({ reason: "connect" });
       if (typeof token !== "string" || token === "") throw new TypeError("getToken returned no token");
-      url = await this._nextUrl();
     } catch (error) {
-      if (generation !== this._generation || this._state === "closed") return;
+      if (stale()) return;
       this._report("token_unavailable", `could not get a token: ${error?.message ?? error}`, { error });
       this._scheduleReconnect({ code: 1006, reason: "no token" });
       return;
     }
+    let url;
+    try {
+      url = await this._nextUrl();
+    } catch (error) {
+      if (stale()) return;
+      this._report("connect_failed", `no URL to connect to: ${error?.message ?? error}`, { error });
+      this._scheduleReconnect({ code: 1006, reason: "no URL" });
+      return;
+    }
     // close() or another attempt may have happened while getToken ran.
-    if (generation !== this._generation || this._state === "closed") return;
+    if (stale()) return;
     this._useToken(token);
     let ws;
     try {
@@ -357,7 +372,10 @@ export class OfficeClient {
     this._openedAt = null;
     this._connectionInfo = null;
     this._cancelRefresh();
-    if (stable) this._attempt = 0;
+    if (stable) {
+      this._attempt = 0;
+      this._lastClose = null;
+    }
     const action = closeAction(code);
     if (action === "stop") {
       this._stop(code, reason, false);
@@ -405,7 +423,7 @@ export class OfficeClient {
   }
 
   _stop(code, reason, byClient) {
-    this._generation = (this._generation ?? 0) + 1; // forget an attempt in flight
+    this._generation++; // forget an attempt in flight
     if (this._timer !== null) this._clock.clearTimeout(this._timer);
     this._timer = null;
     this._waitingForNetwork = false;

@@ -253,6 +253,31 @@ describe("backoff and the close-code policy", () => {
     assert.ok(of("state").at(-1)[1].delay > 0, "a token that keeps expiring is not retried in a loop");
   });
 
+  test("a 4001 after a stable connection is fast again, even if the last close was a 4001", async () => {
+    const { clock, of } = await setup();
+    FakeWebSocket.last.welcome({ epoch: "e", seq: 5 });
+    FakeWebSocket.last.serverClose(4001);
+    await clock.advance(0);
+    FakeWebSocket.last.welcome({ epoch: "e", seq: 5, recovered: true });
+    await clock.advance(3_600_000);
+    FakeWebSocket.last.serverClose(4001);
+    assert.equal(of("state").at(-1)[1].delay, 0);
+  });
+
+  test("a URL function that throws is reported and retried with backoff", async () => {
+    let calls = 0;
+    const { clock, of } = await setup({
+      url: () => {
+        if (calls++ === 0) throw new Error("discovery down");
+        return "ws://later.test/websocket";
+      },
+    });
+    assert.equal(of("error")[0][0].code, "connect_failed");
+    assert.equal(FakeWebSocket.all.length, 0);
+    await clock.advance(1000);
+    assert.equal(new URL(FakeWebSocket.last.url).host, "later.test");
+  });
+
   test("a failing getToken is reported and retried with backoff", async () => {
     let fail = true;
     const clock = new FakeClock();
