@@ -320,6 +320,27 @@ def test_restart_with_sqlite_history_misses_nothing_and_repeats_nothing(
         assert log(page, "alice")["joins"] == ["bob"]
 
 
+def test_restart_without_history_emits_resync_once(tmp_path: Path, env, page: Page):
+    """After a restart with the memory history the stream is new: the client emits
+    resync once, then the new stream's messages."""
+    daemon = Daemon(tmp_path, *env)
+    with daemons(daemon):
+        daemon.start()
+        start(page, "alice", url=daemon.websocket, **FAST)
+        wait(page, "logs.alice.states.some((s) => s.state === 'open')")
+        daemon.notify(note("old stream"))
+        wait(page, "logs.alice.messages.length === 1")
+        assert daemon.stop() == 0, daemon.output()
+        daemon.start()
+        wait(page, "logs.alice.resyncs === 1")
+        daemon.notify(note("new stream"))
+        wait(page, "logs.alice.messages.length === 2")
+        alice = log(page, "alice")
+        assert names(alice) == ["old stream", "new stream"]
+        assert [s["recovered"] for s in opens(alice)] == [None, False]
+        assert alice["resyncs"] == 1
+
+
 def test_a_ban_closes_the_client_for_good(tmp_path: Path, env, page: Page):
     """After user_banned the client is closed with 4003 and never asks for a token again."""
     daemon = Daemon(tmp_path, *env)
