@@ -85,6 +85,9 @@ export interface OfficeClientOptions {
   refreshRetry?: number;
   /** Send the last position again on every new connection (default true). */
   resendPosition?: boolean;
+  /** A user missing from a reconnect's snapshot stays this many ms before leaving
+   * (default 5000, the server's --presence-grace). */
+  presenceGrace?: number;
   /** The WebSocket class (default: the global one; Node 20 has none). */
   WebSocket?: new (url: string, protocols: string[]) => WebSocket;
   /** Time and randomness (tests). */
@@ -116,7 +119,7 @@ export interface OfficeClientEvents {
 
 export declare const DEFAULTS: Readonly<Required<Pick<OfficeClientOptions,
   "positions" | "positionRate" | "backoffBase" | "backoffMax" | "goingAwayJitter" |
-  "stableAfter" | "refreshAt" | "refreshRetry" | "resendPosition">>>;
+  "stableAfter" | "refreshAt" | "refreshRetry" | "resendPosition" | "presenceGrace">>>;
 export declare const STOP_CODES: ReadonlySet<number>;
 export declare const CLOSE_TOKEN_EXPIRED: 4001;
 export declare const CLOSE_GOING_AWAY: 1001;

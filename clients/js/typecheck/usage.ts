@@ -2,6 +2,7 @@
 // application uses it. A mistake in officerouter-client.d.ts or frames.d.ts, or a
 // name one expects of the other, fails `tsc -p clients/js`.
 import {
+  DEFAULTS,
   OfficeClient,
   closeAction,
   type ClientState,
@@ -15,6 +16,7 @@ const client = new OfficeClient({
   getToken: async ({ reason }) => (reason === "refresh" ? "t2" : "t1"),
   positions: "batched",
   positionRate: 5,
+  presenceGrace: DEFAULTS.presenceGrace * 2,
 });
 
 const off: () => void = client.on("state", (state: ClientState, info: StateInfo) => {
