@@ -341,6 +341,30 @@ def test_restart_without_history_emits_resync_once(tmp_path: Path, env, page: Pa
         assert alice["resyncs"] == 1
 
 
+def test_the_network_going_and_coming_back_opens_no_second_connection(
+    tmp_path: Path, env, page: Page
+):
+    """Offline then online again (Chromium's network emulation): the client keeps
+    its one connection and gets what was sent meanwhile, once."""
+    daemon = Daemon(tmp_path, *env)
+    with daemons(daemon):
+        daemon.start()
+        start(page, "alice", url=daemon.websocket, **FAST)
+        wait(page, "logs.alice.states.some((s) => s.state === 'open')")
+        page.context.set_offline(True)
+        page.wait_for_function("window.network.includes('offline')")
+        daemon.notify(note("while offline"))
+        page.context.set_offline(False)
+        page.wait_for_function("window.network.includes('online')")
+        wait(page, "logs.alice.messages.length === 1")
+        daemon.notify(note("back"))
+        wait(page, "logs.alice.messages.length === 2")
+        alice = log(page, "alice")
+        assert names(alice) == ["while offline", "back"]
+        assert [s["state"] for s in alice["states"]] == ["connecting", "open"]
+        assert alice["sockets"] == 1
+
+
 def test_a_ban_closes_the_client_for_good(tmp_path: Path, env, page: Page):
     """After user_banned the client is closed with 4003 and never asks for a token again."""
     daemon = Daemon(tmp_path, *env)
