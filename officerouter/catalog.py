@@ -19,12 +19,14 @@ from officerouter import effects
 from officerouter.config import ConfigError
 from officerouter.effects import Effect
 from officerouter.messages import (
+    AdminTest,
     GuestKnock,
     PositionUpdate,
     RefreshToken,
     RoomUpdated,
     SpaceDeleted,
     UserBanned,
+    UserDisconnected,
     UserUpdated,
 )
 
@@ -67,6 +69,12 @@ BUILTIN: Final[Mapping[str, MessageSpec]] = MappingProxyType(
         "user_banned": MessageSpec(
             payload=UserBanned, routings=frozenset({DIRECT}), effect=effects.user_banned
         ),
+        "user_disconnected": MessageSpec(
+            payload=UserDisconnected,
+            routings=frozenset({DIRECT}),
+            effect=effects.user_disconnected,
+        ),
+        "admin_test": MessageSpec(payload=AdminTest, routings=BOTH),
         "guest_knock": MessageSpec(payload=GuestKnock, routings=frozenset({DIRECT})),
         "position_update": MessageSpec(
             payload=PositionUpdate, client_allowed=True, ephemeral=True

@@ -1,14 +1,17 @@
-"""``officerouter token|keygen``: mint a development token, or make fresh keys."""
+"""``officerouter token|keygen|admin-hash``: mint a development token, make fresh
+keys, or hash the admin page's password."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from officerouter.admin_login import hash_password
 from officerouter.auth import dev_vars, sign_token
 from officerouter.config import ConfigError, read_env_file, unescape_pem
 from officerouter.messages import ROLES
@@ -32,7 +35,27 @@ def _parser() -> argparse.ArgumentParser:
         "keygen", help="print a fresh key pair and service token in .dev.vars form"
     )
     keygen.add_argument("--type", choices=("rsa", "ec", "ed25519"), default="rsa")
+    commands.add_parser(
+        "admin-hash",
+        help="read the admin page's password (prompt, or one line on stdin) and "
+        "print its ADMIN_PASSWORD_HASH",
+    )
     return parser
+
+
+def _admin_hash() -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("admin password: ")
+        if getpass.getpass("again: ") != password:
+            print("officerouter: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        print("officerouter: use at least 12 characters", file=sys.stderr)
+        return 1
+    print(f"ADMIN_PASSWORD_HASH={hash_password(password)}")
+    return 0
 
 
 def _private_key(env_file: Path | None) -> str:
@@ -51,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "admin-hash":
+            return _admin_hash()
         if args.command == "keygen":
             sys.stdout.write(dev_vars(args.type))
             return 0

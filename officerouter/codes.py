@@ -15,6 +15,7 @@ CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 CLOSE_TOKEN_EXPIRED: Final = 4001
 CLOSE_BANNED: Final = 4003
+CLOSE_DISCONNECTED: Final = 4004
 
 # Codes carried by {"type":"error","payload":{"code":...}} frames and HTTP 4xx bodies.
 ERR_INVALID_JSON: Final = "invalid_json"
@@ -38,6 +39,7 @@ ERR_REFRESH_REFUSED: Final = "refresh_refused"
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"
+REASON_DISCONNECTED: Final = "disconnected by an operator"
 REASON_TOKEN_EXPIRED: Final = "token expired; reconnect with a fresh token"
 REASON_OTHER_IDENTITY: Final = "token is for another user or org"
 REASON_BINARY: Final = "binary frames are not supported"

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
+from officerouter.admin_login import AdminPassword
 from officerouter.auth import VerifyKey, load_verify_keys
 
 DEFAULT_ENV_FILE = ".dev.vars"
@@ -101,6 +102,8 @@ class Settings:
     leeway_seconds: int = 30
     #: The shared Redis of a cluster; ``None``: one process, nothing shared.
     redis: RedisTarget | None = attrs.field(default=None, repr=False)
+    #: How the admin page's password is checked; ``None``: no admin page.
+    admin_password: AdminPassword | None = attrs.field(default=None, repr=False)
 
 
 def unescape_pem(value: str) -> str:
@@ -216,6 +219,31 @@ def _required(values: Mapping[str, str], name: str, what: str) -> str:
     return value
 
 
+def _admin_password(values: Mapping[str, str]) -> AdminPassword | None:
+    hashed = values.get("ADMIN_PASSWORD_HASH")
+    plain = values.get("ADMIN_PASSWORD")
+    if hashed and plain:
+        raise ConfigError(
+            "ADMIN_PASSWORD", "set ADMIN_PASSWORD_HASH or ADMIN_PASSWORD, not both"
+        )
+    if hashed:
+        try:
+            return AdminPassword.parse_hash(hashed)
+        except ValueError as e:
+            raise ConfigError(
+                "ADMIN_PASSWORD_HASH",
+                f"{e}; make one with `officerouter admin-hash`",
+            ) from None
+    if plain is not None:
+        if len(plain) < 12:
+            raise ConfigError(
+                "ADMIN_PASSWORD",
+                "must be at least 12 characters; prefer ADMIN_PASSWORD_HASH",
+            )
+        return AdminPassword.plain(plain)
+    return None
+
+
 def load_settings(environ: Mapping[str, str], env_file: Path | None) -> Settings:
     """Build :class:`Settings` from an environment and an optional env file.
 
@@ -245,6 +273,7 @@ def load_settings(environ: Mapping[str, str], env_file: Path | None) -> Settings
     redis = parse_redis_url(redis_url, "--redis / REDIS_URL") if redis_url else None
     return Settings(
         redis=redis,
+        admin_password=_admin_password(values),
         verify_keys=verify_keys,
         service_client_id=client_id,
         service_client_secret=client_secret,

@@ -13,7 +13,12 @@ from typing import Protocol
 import attrs
 
 from officerouter import codes
-from officerouter.messages import Notification, UserBanned, UserUpdated
+from officerouter.messages import (
+    Notification,
+    UserBanned,
+    UserDisconnected,
+    UserUpdated,
+)
 
 
 class RoomView(Protocol):
@@ -78,4 +83,13 @@ def user_banned(room: RoomView, message: Notification) -> Sequence[Action]:
     assert isinstance(payload, UserBanned)
     return [
         CloseUser(payload.userId, codes.CLOSE_BANNED, codes.REASON_BANNED, ban=True)
+    ]
+
+
+def user_disconnected(room: RoomView, message: Notification) -> Sequence[Action]:
+    """After delivery, the user's connections in the org close with 4004 (no ban)."""
+    payload = message.payload
+    assert isinstance(payload, UserDisconnected)
+    return [
+        CloseUser(payload.userId, codes.CLOSE_DISCONNECTED, codes.REASON_DISCONNECTED)
     ]

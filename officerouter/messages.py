@@ -114,6 +114,22 @@ class UserBanned:
 
 
 @attrs.frozen(kw_only=True)
+class UserDisconnected:
+    """An operator disconnected a user; their connections close with 4004 after
+    delivery (no ban: they may reconnect)."""
+
+    userId: Id = attrs.field(validator=_id)
+    reason: str = attrs.field(validator=_text(MAX_REASON_LENGTH, allow_empty=True))
+
+
+@attrs.frozen(kw_only=True)
+class AdminTest:
+    """A test notification, sent from the admin page (or by the backend)."""
+
+    message: str = attrs.field(validator=_text(MAX_REASON_LENGTH))
+
+
+@attrs.frozen(kw_only=True)
 class GuestKnock:
     """A guest is waiting to be let in."""
 

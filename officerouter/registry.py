@@ -143,6 +143,10 @@ class OrgRegistry:
         """The org's room if it exists, live or kept for history (never creates one)."""
         return self._rooms.get(org_id)
 
+    def rooms(self) -> list[OrgRoom]:
+        """Every room of this process, live or kept for its history (a snapshot)."""
+        return list(self._rooms.values())
+
     def presence(self, org_id: str) -> list[PresenceUser]:
         """The org's online users as this process sees them (none without a room)."""
         room = self._rooms.get(org_id)

@@ -6,19 +6,20 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import txaio
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
 from officerouter import codes, logs
+from officerouter.admin import AdminResource
 from officerouter.allocator import malloc_trimmer
 from officerouter.auth import TokenVerifier, dev_vars
 from officerouter.backplane import Backplane, LocalBackplane
@@ -39,7 +40,7 @@ from officerouter.limits import Limits, OriginPolicy
 from officerouter.redis_backplane import NODE_ID, RedisBackplane
 from officerouter.redis_client import RedisLink
 from officerouter.registry import OrgRegistry
-from officerouter.web import make_site
+from officerouter.web import OfficeSite, make_site
 from officerouter.websocket import OfficeServerFactory
 from officerouter.workers import (
     SYSTEMD_VARIABLES,
@@ -141,6 +142,12 @@ class Options(usage.Options):
             "auto-knock",
             None,
             "Send guest_knock to owners and admins when a pending guest connects.",
+        ],
+        [
+            "admin",
+            None,
+            "Serve the admin page on /admin (needs ADMIN_PASSWORD_HASH or "
+            "ADMIN_PASSWORD in the environment or env file).",
         ],
     ]
     optParameters: ClassVar[list[list[Any]]] = [
@@ -760,6 +767,14 @@ def supervisor_service(
                 "several workers cannot share one SQLite file; "
                 "leave --history out with --workers",
             )
+        if options["admin"]:
+            raise ConfigError(
+                "--admin",
+                "each worker would keep its own admin sessions, and a browser's "
+                "connections land on any of them; serve the admin page from a "
+                "process of its own (--admin --redis on another port, without "
+                "--workers; docs/operations.md, Admin page)",
+            )
         twistd = Path(sys.executable).parent / "twistd"
         if not twistd.exists():
             raise ConfigError(
@@ -802,6 +817,37 @@ def supervisor_service(
     if options["dev"]:
         sys.stdout.flush()
     return top
+
+
+def admin_page(
+    options: usage.Options,
+    settings: Settings,
+    registry: OrgRegistry,
+    clock: IReactorTime,
+    site: Callable[[], OfficeSite],
+) -> AdminResource | None:
+    """The admin page ``--admin`` asks for, or ``None``.
+
+    :param site: the site it is mounted on (built later), for its counters.
+    :raises SystemExit: with one line, when no admin password is configured.
+    """
+    if not options["admin"]:
+        return None
+    if settings.admin_password is None:
+        raise SystemExit(
+            "officerouter: ADMIN_PASSWORD_HASH: not set; --admin needs it (make "
+            "one with `officerouter admin-hash`) or ADMIN_PASSWORD, in the "
+            "environment or the env file"
+        )
+    password = settings.admin_password
+    return AdminResource(
+        registry,
+        password,
+        clock,
+        counters=lambda: {"httpRequests": len(site().in_flight)},
+        # An scrypt takes a tenth of a second: not on the reactor's thread.
+        check=lambda given: threads.deferToThread(password.matches, given),
+    )
 
 
 def makeService(options: usage.Options) -> service.IService:
@@ -877,6 +923,7 @@ def makeService(options: usage.Options) -> service.IService:
         leeway=settings.leeway_seconds,
     )
     limits = limits_from(options)
+    admin = admin_page(options, settings, registry, clock, lambda: site)
     factory = OfficeServerFactory(
         registry=registry,
         verifier=verifier,
@@ -898,6 +945,7 @@ def makeService(options: usage.Options) -> service.IService:
         http_timeout=options["http-timeout"],
         idempotency_seconds=options["idempotency-seconds"],
         access_log=bool(options["access-log"]),
+        admin=admin,
     )
     endpoint = listening_endpoint(options, reactor)
     stop = exit_cleanly_on_signals(reactor)

@@ -608,12 +608,14 @@ def make_site(
     http_timeout: float = 30.0,
     access_log: bool = False,
     idempotency_seconds: float = 300.0,
+    admin: Resource | None = None,
 ) -> OfficeSite:
     """Build the one :class:`~twisted.web.server.Site` the daemon listens with.
 
     :param http_timeout: seconds an HTTP connection may stay idle, and seconds a
         request may take to arrive whole (408 after); WebSocket connections
         leave both timers when they upgrade and are kept alive by pings instead.
+    :param admin: the admin page, mounted at ``/admin`` (``None``: no page).
     """
     root = Resource()
     root.putChild(b"websocket", OfficeWebSocketResource(factory))
@@ -624,6 +626,8 @@ def make_site(
     internal.putChild(b"presence", PresenceResource(registry, settings))
     root.putChild(b"internal", internal)
     root.putChild(b"healthz", HealthResource(registry))
+    if admin is not None:
+        root.putChild(b"admin", admin)
 
     class _Request(BoundedRequest):
         pass

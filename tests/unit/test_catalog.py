@@ -19,9 +19,16 @@ from officerouter.catalog import (
 )
 from officerouter.codec import ContractError, decode_client, decode_notify
 from officerouter.config import ConfigError
-from officerouter.effects import CloseUser, SetRole, user_banned, user_updated
+from officerouter.effects import (
+    CloseUser,
+    SetRole,
+    user_banned,
+    user_disconnected,
+    user_updated,
+)
 from officerouter.messages import (
     MAX_TOKEN_BYTES,
+    AdminTest,
     GuestKnock,
     Notification,
     PositionUpdate,
@@ -29,6 +36,7 @@ from officerouter.messages import (
     RoomUpdated,
     SpaceDeleted,
     UserBanned,
+    UserDisconnected,
     UserUpdated,
 )
 
@@ -52,12 +60,14 @@ def effect_entry(name: str, attr: str, module: str = SAMPLE) -> EntryPoint:
 
 
 def test_builtin_types_and_payloads():
-    """The catalog holds the seven types of the contract with their payload classes."""
+    """The catalog holds the nine types of the contract with their payload classes."""
     assert {name: spec.payload for name, spec in BUILTIN.items()} == {
         "room_updated": RoomUpdated,
         "space_deleted": SpaceDeleted,
         "user_updated": UserUpdated,
         "user_banned": UserBanned,
+        "user_disconnected": UserDisconnected,
+        "admin_test": AdminTest,
         "guest_knock": GuestKnock,
         "position_update": PositionUpdate,
         "refresh_token": RefreshToken,
@@ -71,6 +81,8 @@ def test_builtin_routings():
         "space_deleted": {"broadcast", "direct"},
         "user_updated": {"broadcast", "direct"},
         "user_banned": {"direct"},
+        "user_disconnected": {"direct"},
+        "admin_test": {"broadcast", "direct"},
         "guest_knock": {"direct"},
         "position_update": set(),
         "refresh_token": set(),
@@ -78,9 +90,13 @@ def test_builtin_routings():
 
 
 def test_builtin_effects():
-    """Only user_updated and user_banned have side-effects."""
+    """Only user_updated, user_banned and user_disconnected have side-effects."""
     effects = {name: spec.effect for name, spec in BUILTIN.items() if spec.effect}
-    assert effects == {"user_updated": user_updated, "user_banned": user_banned}
+    assert effects == {
+        "user_updated": user_updated,
+        "user_banned": user_banned,
+        "user_disconnected": user_disconnected,
+    }
 
 
 def test_only_positions_are_ephemeral():
@@ -355,3 +371,43 @@ def test_user_banned_effect_closes_with_4003_and_bans():
     assert list(user_banned(_View(), message)) == [
         CloseUser("u", 4003, codes.REASON_BANNED, ban=True)
     ]
+
+
+def test_user_disconnected_effect_closes_with_4004_without_ban():
+    """user_disconnected asks the room to close the user's connections with 4004,
+    and bans nobody: the next connection is admitted."""
+    message = Notification(
+        org_id="org-a",
+        routing="direct",
+        type="user_disconnected",
+        payload=UserDisconnected(userId="u", reason=""),
+        targets=("u",),
+    )
+    assert list(user_disconnected(_View(), message)) == [
+        CloseUser("u", 4004, codes.REASON_DISCONNECTED)
+    ]
+
+
+def test_user_disconnected_lets_the_user_back():
+    """After user_disconnected the user's connections are closed, and a new one
+    is admitted (unlike a ban)."""
+    registry = make_registry()
+    first = FakeConnection()
+    registry.connect(identity("u"), first)
+    registry.notify(
+        decode_notify(
+            json.dumps(
+                {
+                    "orgId": "org-a",
+                    "routing": "direct",
+                    "type": "user_disconnected",
+                    "targets": ["u"],
+                    "payload": {"userId": "u", "reason": "stuck client"},
+                }
+            ).encode(),
+            BUILTIN,
+        )
+    )
+    assert first.closes == [(4004, codes.REASON_DISCONNECTED)]
+    assert first.routed_types() == ["user_disconnected"]
+    registry.connect(identity("u", issued_at=0.0), FakeConnection())

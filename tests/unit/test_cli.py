@@ -1,13 +1,15 @@
-"""``officerouter token`` and ``officerouter keygen``, run in-process."""
+"""``officerouter token``, ``keygen`` and ``admin-hash``, run in-process."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import jwt
 import pytest
 
+from officerouter.admin_login import AdminPassword
 from officerouter.auth import Identity, TokenVerifier, load_verify_keys
 from officerouter.cli import main
 from officerouter.config import load_settings
@@ -248,3 +250,24 @@ def test_keygen_is_fresh_each_time(capsys):
     ]
     for name, value in outputs[0].items():
         assert outputs[1][name] != value, name
+
+
+def test_admin_hash_from_stdin(capsys, monkeypatch):
+    """admin-hash reads a password line on stdin and prints a hash that accepts it."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long admin password\n"))
+    assert main(["admin-hash"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ADMIN_PASSWORD_HASH=scrypt$15$8$1$")
+    assert "a long admin password" not in line
+    stored = AdminPassword.parse_hash(line.split("=", 1)[1])
+    assert stored.matches("a long admin password")
+    assert not stored.matches("a long admin password\n")
+
+
+def test_admin_hash_refuses_short_passwords(capsys, monkeypatch):
+    """A password under 12 characters is refused with exit status 1."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["admin-hash"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "12 characters" in captured.err

@@ -20,6 +20,7 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 
 from officerouter import logs, tap
+from officerouter.admin import AdminResource
 from officerouter.auth import TokenVerifier, sign_token
 from officerouter.config import ConfigError
 
@@ -402,6 +403,46 @@ def test_make_service_trims_memory_on_a_timer(valid_env_file, interval, timers):
     assert [c.step for c in found] == expected
 
 
+def _site_of(top):
+    (listener,) = [c for c in top if isinstance(c, StreamServerEndpointService)]
+    return listener.factory
+
+
+def test_admin_page_is_off_by_default(valid_env_file):
+    """Without --admin, /admin is not mounted, even with a password configured."""
+    with valid_env_file.open("a") as f:
+        f.write("ADMIN_PASSWORD=a long enough password\n")
+    top = tap.makeService(
+        parse("--env-file", str(valid_env_file), "--port", "tcp:0:interface=127.0.0.1")
+    )
+    assert b"admin" not in _site_of(top).resource.children
+
+
+def test_admin_page_needs_a_password(valid_env_file):
+    """--admin without ADMIN_PASSWORD_HASH or ADMIN_PASSWORD exits with one line."""
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(parse("--env-file", str(valid_env_file), "--admin"))
+    message = str(info.value.code)
+    assert message.startswith("officerouter: ADMIN_PASSWORD_HASH: not set")
+    assert "\n" not in message
+
+
+def test_admin_page_is_mounted_with_admin(valid_env_file):
+    """--admin with a password mounts the page at /admin."""
+    with valid_env_file.open("a") as f:
+        f.write("ADMIN_PASSWORD=a long enough password\n")
+    top = tap.makeService(
+        parse(
+            "--env-file",
+            str(valid_env_file),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--admin",
+        )
+    )
+    assert isinstance(_site_of(top).resource.children[b"admin"], AdminResource)
+
+
 def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
     """An endpoint string Twisted cannot parse exits with one line naming --port."""
     with pytest.raises(SystemExit) as info:
@@ -541,6 +582,7 @@ def test_workers_check_the_configuration_first(tmp_path):
         (["--port", "unix:/run/o.sock"], "officerouter: --port: 'unix:"),
         (["--port", "systemd:domain=INET:index=0"], "officerouter: --port: 'systemd:"),
         (["--history", "sqlite:/var/lib/h.sqlite"], "officerouter: --history: "),
+        (["--admin"], "officerouter: --admin: each worker would keep its own"),
     ],
 )
 def test_workers_refuse_what_they_cannot_share(tmp_path, env_values, args, prefix):
