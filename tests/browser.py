@@ -10,14 +10,18 @@ never on the test's reactor.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +42,9 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+
+#: The browser client, as a page imports it (tests/e2e/test_browser_client.py).
+CLIENT_JS = Path(__file__).resolve().parents[1] / "clients" / "js"
 
 #: Seconds a page may take to show what a test waits for.
 UI_TIMEOUT_MS = 15_000
@@ -124,3 +131,27 @@ class SyncDaemon:
     def output(self) -> str:
         """Everything it logged."""
         return self.log.read_text(errors="replace")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files without logging each request to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` (and nothing else) on a free loopback port, from a
+    thread; yields its base URL.  A page served from it imports ES modules as
+    a real site would (``file://`` pages cannot)."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
