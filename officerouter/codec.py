@@ -415,7 +415,16 @@ def decode_notify(data: bytes, catalog: Mapping[str, Any]) -> Notification:
 
     :raises ContractError: every offending field, with the most specific code.
     """
-    raw = parse_json(data)
+    return notification_from(parse_json(data), catalog)
+
+
+def notification_from(raw: Any, catalog: Mapping[str, Any]) -> Notification:
+    """Validate one parsed notification (a body, or one element of a batch).
+
+    Paths start at ``$``, the notification itself.
+
+    :raises ContractError: every offending field, with the most specific code.
+    """
     try:
         envelope = structure(raw, NotifyEnvelope)
     except ContractError as e:
