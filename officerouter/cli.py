@@ -1,4 +1,5 @@
-"""``officerouter token|keygen``: mint a development token, or make fresh keys."""
+"""``officerouter token|keygen|schema``: mint a development token, make fresh keys,
+or print the contract as JSON Schema, OpenAPI, AsyncAPI or TypeScript."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
+from officerouter import schema
 from officerouter.auth import dev_vars, sign_token
+from officerouter.catalog import build_catalog
+from officerouter.codec import dumps_document
 from officerouter.config import ConfigError, read_env_file, unescape_pem
 from officerouter.messages import ROLES
 from officerouter.tap import resolve_env_file
@@ -32,7 +37,56 @@ def _parser() -> argparse.ArgumentParser:
         "keygen", help="print a fresh key pair and service token in .dev.vars form"
     )
     keygen.add_argument("--type", choices=("rsa", "ec", "ed25519"), default="rsa")
+    schema = commands.add_parser(
+        "schema",
+        help="print the contract as JSON Schema (2020-12), from the code and the "
+        "installed message types",
+    )
+    form = schema.add_mutually_exclusive_group()
+    form.add_argument(
+        "--openapi", action="store_true", help="the HTTP endpoints as OpenAPI 3.1"
+    )
+    form.add_argument(
+        "--asyncapi", action="store_true", help="the WebSocket as AsyncAPI 3.0"
+    )
+    form.add_argument(
+        "--typescript", action="store_true", help="TypeScript declarations"
+    )
+    form.add_argument(
+        "--write",
+        metavar="DIR",
+        type=Path,
+        help=f"write {', '.join(SCHEMA_FILES)} into DIR (docs/)",
+    )
     return parser
+
+
+#: What ``officerouter schema --write DIR`` writes, and how.
+SCHEMA_FILES: Final = {
+    "officerouter.schema.json": schema.json_schema,
+    "openapi.json": schema.openapi,
+    "asyncapi.json": schema.asyncapi,
+}
+
+
+def _schema(args: argparse.Namespace) -> int:
+    catalog = build_catalog()
+    if args.write is not None:
+        for name, make in SCHEMA_FILES.items():
+            (args.write / name).write_bytes(dumps_document(make(catalog)))
+        return 0
+    if args.typescript:
+        sys.stdout.write(schema.typescript(catalog))
+        return 0
+    make = (
+        schema.openapi
+        if args.openapi
+        else schema.asyncapi
+        if args.asyncapi
+        else schema.json_schema
+    )
+    sys.stdout.write(dumps_document(make(catalog)).decode("utf-8"))
+    return 0
 
 
 def _private_key(env_file: Path | None) -> str:
@@ -51,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "schema":
+            return _schema(args)
         if args.command == "keygen":
             sys.stdout.write(dev_vars(args.type))
             return 0

@@ -271,6 +271,11 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def dumps_document(value: Any) -> bytes:
+    """Serialise a document for people and diffs: indented, ending with a newline."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 # ---------------------------------------------------------------- structuring
 
 

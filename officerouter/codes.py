@@ -35,6 +35,10 @@ ERR_NOT_FOUND: Final = "not_found"
 ERR_UNAVAILABLE: Final = "unavailable"
 ERR_IDEMPOTENCY_CONFLICT: Final = "idempotency_conflict"
 ERR_REFRESH_REFUSED: Final = "refresh_refused"
+#: Every error code above.
+ERROR_CODES: Final = tuple(
+    value for name, value in dict(globals()).items() if name.startswith("ERR_")
+)
 
 # Close reasons (short, safe to show to a client).
 REASON_BANNED: Final = "banned"

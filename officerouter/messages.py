@@ -11,11 +11,15 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from officerouter.codes import ERROR_CODES
+
 ROLES: Final = ("owner", "admin", "member", "guest", "pending_guest")
 Role = Literal["owner", "admin", "member", "guest", "pending_guest"]
 ADMITTED_ROLES: Final = frozenset({"owner", "admin", "member", "guest"})
 KNOCK_RECEIVER_ROLES: Final = frozenset({"owner", "admin"})
 Routing = Literal["broadcast", "direct"]
+#: Says "one of the roles" to the schema, for fields the router writes itself.
+_ROLE_FIELD: Final = {"json_schema": {"enum": list(ROLES)}}
 
 MAX_ID_LENGTH: Final = 128
 MAX_NAME_LENGTH: Final = 200
@@ -243,7 +247,7 @@ class TokenRefreshed:
 class ErrorPayload:
     """The payload of an ``error`` frame sent to one client."""
 
-    code: str
+    code: str = attrs.field(metadata={"json_schema": {"enum": list(ERROR_CODES)}})
     message: str
 
 
@@ -258,7 +262,7 @@ class Connected:
     connectionId: str
     userId: str
     orgId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
     epoch: str
     seq: int
     recovered: bool | None = None
@@ -275,7 +279,7 @@ class PresenceUser:
     """
 
     userId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
     connections: int
     position: PositionUpdate | None
 
@@ -316,7 +320,7 @@ class UserRoleChanged:
     """The payload of ``user_role_changed``: an online user's role changed."""
 
     userId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
 
 
 # ---------------------------------------------------------------- HTTP answers
@@ -335,7 +339,7 @@ class ErrorAnswer:
     """The body of every HTTP error answer (4xx, 5xx)."""
 
     ok: Literal[False]
-    error: str
+    error: str = attrs.field(metadata={"json_schema": {"enum": list(ERROR_CODES)}})
     message: str
     errors: list[FieldError] | None = None
 
@@ -370,7 +374,7 @@ class RefusedElement(ErrorAnswer):
     """One notification of a batch that was refused: the answer it would get
     alone, and the ``status`` it would get alone (400, 409, 500 or 503)."""
 
-    status: int
+    status: int = attrs.field(metadata={"json_schema": {"enum": [400, 409, 500, 503]}})
 
 
 @attrs.frozen(kw_only=True)
