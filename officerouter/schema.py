@@ -453,7 +453,23 @@ def openapi(catalog: Mapping[str, MessageSpec]) -> dict[str, Any]:
                     "schema": {
                         "oneOf": [
                             {"$ref": _SCHEMAS + "NotifyBody"},
-                            {"$ref": _SCHEMAS + "NotifyBatch"},
+                            {
+                                "description": (
+                                    "A batch: each element should be a "
+                                    "NotifyBody (see NotifyBatch); one that is "
+                                    "not is answered in `results` with its "
+                                    "400, and the others are published."
+                                ),
+                                "type": "array",
+                                "items": {
+                                    "anyOf": [
+                                        {"$ref": _SCHEMAS + "NotifyBody"},
+                                        {"description": "anything else"},
+                                    ]
+                                },
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                            },
                         ]
                     }
                 }
