@@ -737,6 +737,10 @@ def _ts_string(value: Any) -> str:
     return str(value)
 
 
+def _ts_comment(text: str) -> str:
+    return text.replace("*/", "*\\/")
+
+
 def _ts_type(schema: Mapping[str, Any], indent: str) -> str:
     """The TypeScript type of the JSON Schema subset :func:`contract` emits."""
     if "$ref" in schema:
@@ -775,7 +779,7 @@ def _ts_object(schema: Mapping[str, Any], indent: str) -> str:
     lines = ["{"]
     for name, value in schema["properties"].items():
         if "description" in value:
-            lines.append(f"{indent}  /** {value['description']} */")
+            lines.append(f"{indent}  /** {_ts_comment(value['description'])} */")
         optional = "" if name in required else "?"
         key = name if name.isidentifier() else _ts_string(name)
         lines.append(f"{indent}  {key}{optional}: {_ts_type(value, indent + '  ')};")
@@ -793,7 +797,7 @@ def typescript(catalog: Mapping[str, MessageSpec]) -> str:
     ]
     for name, schema in defs.items():
         if "description" in schema:
-            out.append(f"/** {schema['description']} */")
+            out.append(f"/** {_ts_comment(schema['description'])} */")
         if schema.get("type") == "object" and "properties" in schema:
             out.append(f"export interface {name} {_ts_object(schema, '')}")
         else:

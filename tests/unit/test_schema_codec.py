@@ -34,6 +34,7 @@ IDS = [name for name, _ in CASES]
 AGREEMENT = settings(
     max_examples=30,
     derandomize=True,
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
