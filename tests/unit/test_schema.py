@@ -191,3 +191,31 @@ def test_typescript_names_every_frame_and_the_unions():
         "RefreshTokenFrame",
     }
     assert "export type NotifyBody = " in ts
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["$ref"]] if isinstance(value.get("$ref"), str) else []
+        return found + [r for v in value.values() for r in _refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", list(SCHEMA_FILES))
+def test_every_reference_resolves(name):
+    """Every ``$ref`` of each document points at something in that document, and
+    the AsyncAPI operations name messages of their channel."""
+    document = SCHEMA_FILES[name](BUILTIN)
+    refs = _refs(document)
+    assert refs
+    for ref in refs:
+        node: Any = document
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    if name == "asyncapi.json":
+        channel = document["channels"]["websocket"]["messages"]
+        for operation in document["operations"].values():
+            for message in operation["messages"]:
+                assert message["$ref"].rsplit("/", 1)[-1] in channel
