@@ -858,6 +858,8 @@ def generator_argv(
     if scenario in ("s1", "s4"):
         publishers = plan.publishers or a.publishers
         argv += ["--publishers", str(publishers), "--rate", str(plan.rate)]
+        if a.batch > 1:
+            argv += ["--batch", str(a.batch)]
     if plan.scenario == "c4":
         argv += ["--hz", str(a.c4_hz)]
     elif scenario == "s2":
@@ -1714,6 +1716,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--s3-n", default="1000,10000")
     p.add_argument("--s3-settle", type=float, default=3.0)
     p.add_argument("--s4", default="1000x10", help="ORGSxCLIENTS[,…]")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="S1, S4: notifications per POST /internal/notify (1 to 100; more "
+        "than 1 posts a JSON array, a batch); replies_per_s counts notifications",
+    )
     p.add_argument("--s4-loads", default="max,fixed")
     p.add_argument(
         "--s4-rate", type=float, default=5000, help="S4 fixed load, deliveries/s"

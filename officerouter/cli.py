@@ -1,5 +1,6 @@
-"""``officerouter token|keygen|admin-hash``: mint a development token, make fresh
-keys, or hash the admin page's password."""
+"""``officerouter token|keygen|admin-hash|schema``: mint a development token,
+make fresh keys, hash the admin page's password, or print the contract as JSON
+Schema, OpenAPI, AsyncAPI or TypeScript."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
+from officerouter import schema
 from officerouter.admin_login import hash_password
 from officerouter.auth import dev_vars, sign_token
+from officerouter.catalog import build_catalog
+from officerouter.codec import dumps_document
 from officerouter.config import ConfigError, read_env_file, unescape_pem
 from officerouter.messages import ROLES
 from officerouter.tap import resolve_env_file
@@ -40,6 +45,27 @@ def _parser() -> argparse.ArgumentParser:
         help="read the admin page's password (prompt, or one line on stdin) and "
         "print its ADMIN_PASSWORD_HASH",
     )
+    schema = commands.add_parser(
+        "schema",
+        help="print the contract as JSON Schema (2020-12), from the code and the "
+        "installed message types",
+    )
+    form = schema.add_mutually_exclusive_group()
+    form.add_argument(
+        "--openapi", action="store_true", help="the HTTP endpoints as OpenAPI 3.1"
+    )
+    form.add_argument(
+        "--asyncapi", action="store_true", help="the WebSocket as AsyncAPI 3.0"
+    )
+    form.add_argument(
+        "--typescript", action="store_true", help="TypeScript declarations"
+    )
+    form.add_argument(
+        "--write",
+        metavar="DIR",
+        type=Path,
+        help=f"write {', '.join(SCHEMA_FILES)} into DIR (docs/)",
+    )
     return parser
 
 
@@ -55,6 +81,34 @@ def _admin_hash() -> int:
         print("officerouter: use at least 12 characters", file=sys.stderr)
         return 1
     print(f"ADMIN_PASSWORD_HASH={hash_password(password)}")
+    return 0
+
+
+#: What ``officerouter schema --write DIR`` writes, and how.
+SCHEMA_FILES: Final = {
+    "officerouter.schema.json": schema.json_schema,
+    "openapi.json": schema.openapi,
+    "asyncapi.json": schema.asyncapi,
+}
+
+
+def _schema(args: argparse.Namespace) -> int:
+    catalog = build_catalog()
+    if args.write is not None:
+        for name, make in SCHEMA_FILES.items():
+            (args.write / name).write_bytes(dumps_document(make(catalog)))
+        return 0
+    if args.typescript:
+        sys.stdout.write(schema.typescript(catalog))
+        return 0
+    make = (
+        schema.openapi
+        if args.openapi
+        else schema.asyncapi
+        if args.asyncapi
+        else schema.json_schema
+    )
+    sys.stdout.write(dumps_document(make(catalog)).decode("utf-8"))
     return 0
 
 
@@ -76,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "admin-hash":
             return _admin_hash()
+        if args.command == "schema":
+            return _schema(args)
         if args.command == "keygen":
             sys.stdout.write(dev_vars(args.type))
             return 0

@@ -271,6 +271,11 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def dumps_document(value: Any) -> bytes:
+    """Serialise a document for people and diffs: indented, ending with a newline."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 # ---------------------------------------------------------------- structuring
 
 
@@ -415,7 +420,16 @@ def decode_notify(data: bytes, catalog: Mapping[str, Any]) -> Notification:
 
     :raises ContractError: every offending field, with the most specific code.
     """
-    raw = parse_json(data)
+    return notification_from(parse_json(data), catalog)
+
+
+def notification_from(raw: Any, catalog: Mapping[str, Any]) -> Notification:
+    """Validate one parsed notification (a body, or one element of a batch).
+
+    Paths start at ``$``, the notification itself.
+
+    :raises ContractError: every offending field, with the most specific code.
+    """
     try:
         envelope = structure(raw, NotifyEnvelope)
     except ContractError as e:

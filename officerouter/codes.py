@@ -56,3 +56,9 @@ REASON_RESYNC: Final = "stream restarted; reconnect and recover"
 REASON_BACKPLANE_DOWN: Final = "backplane unavailable; reconnect"
 REASON_UNAVAILABLE: Final = "service unavailable; retry"
 REASON_POSITIONS_PARAM: Final = "positions must be batched, or absent"
+
+# Keep this last: every ERR_ constant of the module, for the generated schema.
+#: Every error code above.
+ERROR_CODES: Final = tuple(
+    value for name, value in dict(globals()).items() if name.startswith("ERR_")
+)

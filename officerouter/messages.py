@@ -11,11 +11,15 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from officerouter.codes import ERROR_CODES
+
 ROLES: Final = ("owner", "admin", "member", "guest", "pending_guest")
 Role = Literal["owner", "admin", "member", "guest", "pending_guest"]
 ADMITTED_ROLES: Final = frozenset({"owner", "admin", "member", "guest"})
 KNOCK_RECEIVER_ROLES: Final = frozenset({"owner", "admin"})
 Routing = Literal["broadcast", "direct"]
+#: Says "one of the roles" to the schema, for fields the router writes itself.
+_ROLE_FIELD: Final = {"json_schema": {"enum": list(ROLES)}}
 
 MAX_ID_LENGTH: Final = 128
 MAX_NAME_LENGTH: Final = 200
@@ -26,30 +30,96 @@ MAX_COORDINATE: Final = 1e9
 MAX_TOKEN_BYTES: Final = 8192
 
 
-def _text(max_length: int, *, allow_empty: bool = False) -> Any:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-        if not allow_empty and not value.strip():
-            raise ValueError(f"{attribute.name} must not be empty")
-        if len(value) > max_length:
-            raise ValueError(f"{attribute.name} is longer than {max_length} characters")
+#: The most notifications one ``POST /internal/notify`` may carry as an array.
+MAX_BATCH: Final = 100
 
-    return check
+#: White space as ``str.strip`` and ``str.isspace`` know it, as a regular
+#: expression character class that means the same in ECMA-262 and Python.
+_WHITE_SPACE: Final = (
+    "\\t-\\r\\x1c- \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+#: A string that is not only white space (what "not blank" means).
+NOT_BLANK_PATTERN: Final = f"[^{_WHITE_SPACE}]"
+
+
+# Validators are small frozen classes rather than closures, so that
+# officerouter.schema can read their limits: each says what it checks, once, as
+# JSON Schema (``json_schema``), and checks it (``__call__``).
+
+
+@attrs.frozen
+class Text:
+    """A string of at most ``max_length`` code points, not blank unless allowed."""
+
+    max_length: int
+    allow_empty: bool = False
+
+    def __call__(self, _: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if not self.allow_empty and not value.strip():
+            raise ValueError(f"{attribute.name} must not be empty")
+        if len(value) > self.max_length:
+            raise ValueError(
+                f"{attribute.name} is longer than {self.max_length} characters"
+            )
+
+    def json_schema(self) -> dict[str, Any]:
+        """The same rule as JSON Schema."""
+        if self.allow_empty:
+            return {"maxLength": self.max_length}
+        return {
+            "minLength": 1,
+            "maxLength": self.max_length,
+            "pattern": NOT_BLANK_PATTERN,
+        }
+
+
+@attrs.frozen
+class Bounded:
+    """A finite number within ``±limit`` (``text``: the limit as the reason says it)."""
+
+    limit: float
+    text: str
+
+    def __call__(self, _: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        # One comparison rejects NaN, infinities and integers too large for a
+        # float (math.isfinite raises OverflowError on those).
+        if not abs(value) <= self.limit:
+            raise ValueError(
+                f"{attribute.name} must be a finite number within ±{self.text}"
+            )
+
+    def json_schema(self) -> dict[str, Any]:
+        """The same rule as JSON Schema."""
+        return {"minimum": -self.limit, "maximum": self.limit}
+
+
+@attrs.frozen
+class OneOf:
+    """One of a few strings."""
+
+    values: tuple[str, ...]
+
+    def __call__(self, _: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in self.values:
+            raise ValueError(
+                f"{attribute.name} must be one of {', '.join(self.values)}"
+            )
+
+    def json_schema(self) -> dict[str, Any]:
+        """The same rule as JSON Schema."""
+        return {"enum": list(self.values)}
+
+
+def _text(max_length: int, *, allow_empty: bool = False) -> Any:
+    return Text(max_length, allow_empty)
 
 
 def _optional_text(max_length: int) -> Any:
     return attrs.validators.optional(_text(max_length))
 
 
-def _coordinate(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    # One comparison rejects NaN, infinities and integers too large for a float
-    # (math.isfinite raises OverflowError on those).
-    if not abs(value) <= MAX_COORDINATE:
-        raise ValueError(f"{attribute.name} must be a finite number within ±1e9")
-
-
-def _role(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value not in ROLES:
-        raise ValueError(f"{attribute.name} must be one of {', '.join(ROLES)}")
+_coordinate = Bounded(MAX_COORDINATE, "1e9")
+_role = OneOf(ROLES)
 
 
 Id = str
@@ -193,7 +263,7 @@ class TokenRefreshed:
 class ErrorPayload:
     """The payload of an ``error`` frame sent to one client."""
 
-    code: str
+    code: str = attrs.field(metadata={"json_schema": {"enum": list(ERROR_CODES)}})
     message: str
 
 
@@ -208,7 +278,7 @@ class Connected:
     connectionId: str
     userId: str
     orgId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
     epoch: str
     seq: int
     recovered: bool | None = None
@@ -225,7 +295,7 @@ class PresenceUser:
     """
 
     userId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
     connections: int
     position: PositionUpdate | None
 
@@ -266,4 +336,93 @@ class UserRoleChanged:
     """The payload of ``user_role_changed``: an online user's role changed."""
 
     userId: str
-    role: str
+    role: str = attrs.field(metadata=_ROLE_FIELD)
+
+
+# ---------------------------------------------------------------- HTTP answers
+
+
+@attrs.frozen(kw_only=True)
+class FieldError:
+    """One offending field of a refused request: its path and what is wrong."""
+
+    path: str
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class ErrorAnswer:
+    """The body of every HTTP error answer (4xx, 5xx)."""
+
+    ok: Literal[False]
+    error: str = attrs.field(metadata={"json_schema": {"enum": list(ERROR_CODES)}})
+    message: str
+    errors: list[FieldError] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NotifyAnswer:
+    """The body of a ``200`` to one notification.
+
+    ``seq`` is absent when nothing was numbered; ``targets`` is there for direct
+    messages only: connections addressed per target user.
+    """
+
+    ok: Literal[True]
+    delivered: int
+    seq: int | None = None
+    targets: dict[str, int] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class NotifiedElement(NotifyAnswer):
+    """One notification of a batch that was published (``status`` 200).
+
+    ``replayed``: the answer of an earlier request with the same key.
+    """
+
+    status: Literal[200]
+    replayed: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RefusedElement(ErrorAnswer):
+    """One notification of a batch that was refused: the answer it would get
+    alone, and the ``status`` it would get alone (400, 409, 500 or 503)."""
+
+    status: int = attrs.field(metadata={"json_schema": {"enum": [400, 409, 500, 503]}})
+
+
+@attrs.frozen(kw_only=True)
+class BatchAnswer:
+    """The body of a ``200`` to a batch: one answer per notification, in order.
+
+    ``ok`` is true when every notification was published.
+    """
+
+    ok: bool
+    results: list[NotifiedElement | RefusedElement]
+
+
+@attrs.frozen(kw_only=True)
+class PresenceAnswer:
+    """The body of a ``200`` to ``GET /internal/presence``."""
+
+    ok: Literal[True]
+    orgId: str
+    users: list[PresenceUser]
+
+
+@attrs.frozen(kw_only=True)
+class Health:
+    """The body of ``GET /healthz`` (``node`` and ``backplane`` with Redis only;
+    ``error`` and ``message`` while it answers 503)."""
+
+    ok: bool
+    connections: int
+    rooms: int
+    historyOnlyRooms: int
+    node: str | None = None
+    backplane: Literal["up", "down"] | None = None
+    error: str | None = None
+    message: str | None = None

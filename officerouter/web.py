@@ -12,7 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+import attrs
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -28,10 +30,28 @@ from officerouter.backplane import (
     Once,
     Published,
 )
-from officerouter.codec import ContractError, converter, decode_notify, dumps
+from officerouter.codec import (
+    ContractError,
+    converter,
+    dumps,
+    notification_from,
+    parse_json,
+)
 from officerouter.config import Settings
 from officerouter.inflight import InFlight
-from officerouter.messages import MAX_ID_LENGTH, PresenceUser
+from officerouter.messages import (
+    MAX_BATCH,
+    MAX_ID_LENGTH,
+    BatchAnswer,
+    ErrorAnswer,
+    FieldError,
+    Health,
+    NotifiedElement,
+    NotifyAnswer,
+    PresenceAnswer,
+    PresenceUser,
+    RefusedElement,
+)
 from officerouter.metrics import Metrics
 from officerouter.registry import OrgRegistry
 from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
@@ -236,7 +256,7 @@ class BoundedRequest(server.Request):
             status=status,
             message=message,
         )
-        body = dumps({"ok": False, "error": code, "message": message})
+        body = dumps(converter.unstructure(_error_answer(code, message)))
         # The request has not been dispatched yet, so the response is written
         # directly and the connection closed: the rest of it is never read.
         transport.write(
@@ -257,6 +277,17 @@ def _json(request: server.Request, status: int, body: dict[str, Any]) -> bytes:
     return dumps(body)
 
 
+def _error_answer(
+    code: str, message: str, errors: tuple[tuple[str, str], ...] = ()
+) -> ErrorAnswer:
+    return ErrorAnswer(
+        ok=False,
+        error=code,
+        message=message,
+        errors=[FieldError(path=p, reason=r) for p, r in errors] or None,
+    )
+
+
 def _error(
     request: server.Request,
     status: int,
@@ -264,10 +295,8 @@ def _error(
     message: str,
     errors: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    body: dict[str, Any] = {"ok": False, "error": code, "message": message}
-    if errors:
-        body["errors"] = [{"path": path, "reason": reason} for path, reason in errors]
-    return _json(request, status, body)
+    answer = _error_answer(code, message, errors)
+    return _json(request, status, converter.unstructure(answer))
 
 
 def _unavailable(request: server.Request, reason: str) -> bytes:
@@ -382,7 +411,8 @@ class _Branch(Resource):
 
 
 class NotifyResource(_MethodsResource):
-    """``POST /internal/notify``: the backend's authoritative events."""
+    """``POST /internal/notify``: the backend's authoritative events, one at a
+    time or as a batch (a JSON array)."""
 
     isLeaf = True
 
@@ -413,12 +443,11 @@ class NotifyResource(_MethodsResource):
             return counted(_error(request, 500, codes.ERR_INTERNAL, "internal error"))
         if isinstance(answer, bytes):
             return counted(answer)
-        publishing, targets = answer
         return _answer_when_done(
             request,
-            publishing,
-            lambda published: counted(self._published(request, published, targets)),
-            lambda failure: counted(self._failed(request, failure)),
+            answer,
+            counted,
+            lambda failure: counted(_read_failed(request, failure)),
         )
 
     def _published(
@@ -427,26 +456,16 @@ class NotifyResource(_MethodsResource):
         published: Published,
         targets: tuple[str, ...],
     ) -> bytes:
-        answer: dict[str, Any] = {"ok": True, "delivered": published.delivered}
-        if published.seq is not None:
-            answer["seq"] = published.seq
-        if targets:
-            answer["targets"] = dict(zip(targets, published.per_target, strict=True))
         if published.replayed:
             request.setHeader(b"idempotent-replayed", b"true")
-        return _json(request, 200, answer)
+        return _json(
+            request, 200, converter.unstructure(_notify_answer(published, targets))
+        )
 
     def _failed(self, request: server.Request, failure: Failure) -> bytes:
         conflict = failure.value
         if isinstance(conflict, IdempotencyConflict):
-            key = conflict.key
-            return _error(
-                request,
-                409,
-                codes.ERR_IDEMPOTENCY_CONFLICT,
-                f"Idempotency-Key {key!r} was used for another request",
-                (("Idempotency-Key", "used with another body within its window"),),
-            )
+            return _error(request, 409, *_conflict(conflict.key))
         return _read_failed(request, failure)
 
     def _once(self, request: server.Request, body: bytes) -> Once | bytes | None:
@@ -474,9 +493,7 @@ class NotifyResource(_MethodsResource):
             seconds=self._idempotency_seconds,
         )
 
-    def _notify(
-        self, request: server.Request
-    ) -> bytes | tuple[Deferred[Published], tuple[str, ...]]:
+    def _notify(self, request: server.Request) -> bytes | Deferred[bytes]:
         refused = _refuse_unless_service(request, self._settings, "notify")
         if refused is not None:
             return refused
@@ -494,26 +511,143 @@ class NotifyResource(_MethodsResource):
         if isinstance(once, bytes):
             return once
         try:
-            notification = decode_notify(body, self._registry.catalog)
+            raw = parse_json(body)
+            if type(raw) is list:
+                return self._batch(request, raw, once)
+            notification = notification_from(raw, self._registry.catalog)
             reason = self._registry.unavailable()
             if reason is not None:
                 return _unavailable(request, reason)
             # Encoded before anything is numbered: a payload that cannot be
             # written (a plug-in's) is refused here too, with no effect.
             publishing = self._registry.publish(notification, once)
-            # A direct message is answered per target (the backend falls back
-            # to e-mail or push for those at 0).
-            return publishing, notification.targets
         except ContractError as e:
-            log.info(
-                "rejected a notification from {peer}: {code} {errors}",
-                peer=_peer(request),
-                code=e.code,
-                errors=e.message,
+            _log_refusal(request, e)
+            return _error(request, 400, e.code, CONTRACT_BROKEN, e.errors)
+        # A direct message is answered per target (the backend falls back to
+        # e-mail or push for those at 0).
+        targets = notification.targets
+        return publishing.addCallbacks(
+            lambda published: self._published(request, published, targets),
+            lambda failure: self._failed(request, failure),
+        )
+
+    def _batch(
+        self, request: server.Request, raw: list[Any], once: Once | None
+    ) -> bytes | Deferred[bytes]:
+        """Publish each notification of a batch on its own, in order, and answer
+        them all at once, each as it would be answered alone."""
+        if not 1 <= len(raw) <= MAX_BATCH:
+            raise ContractError(
+                codes.ERR_INVALID_MESSAGE,
+                [("$", f"a batch holds 1 to {MAX_BATCH} notifications")],
             )
-            return _error(
-                request, 400, e.code, "the message breaks the contract", e.errors
+        reason = self._registry.unavailable()
+        if reason is not None:
+            return _unavailable(request, reason)
+        elements = [self._element(request, i, item, once) for i, item in enumerate(raw)]
+
+        def answer(results: list[NotifiedElement | RefusedElement]) -> bytes:
+            if all(isinstance(r, NotifiedElement) and r.replayed for r in results):
+                request.setHeader(b"idempotent-replayed", b"true")
+            ok = all(isinstance(r, NotifiedElement) for r in results)
+            batch = BatchAnswer(ok=ok, results=results)
+            return _json(request, 200, converter.unstructure(batch))
+
+        return gatherResults(elements).addCallback(answer)
+
+    def _element(
+        self, request: server.Request, index: int, raw: Any, once: Once | None
+    ) -> Deferred[NotifiedElement | RefusedElement]:
+        """One notification of a batch, answered and never failing."""
+        try:
+            notification = notification_from(raw, self._registry.catalog)
+            # Each element is its own request under the batch's key: a key no
+            # single request can send (keys hold no space), with the element's
+            # own fingerprint.
+            element_once = (
+                None
+                if once is None
+                else attrs.evolve(
+                    once,
+                    key=f"{once.key} {index}",
+                    fingerprint=hashlib.sha256(dumps(raw)).hexdigest(),
+                )
             )
+            publishing = self._registry.publish(notification, element_once)
+        except ContractError as e:
+            _log_refusal(request, e, index)
+            return succeed(_refused(400, e.code, CONTRACT_BROKEN, e.errors))
+        except Exception:
+            log.failure("unexpected error handling a notification of a batch")
+            return succeed(_refused(500, codes.ERR_INTERNAL, "internal error"))
+        targets = notification.targets
+
+        def published(result: Published) -> NotifiedElement | RefusedElement:
+            return NotifiedElement(
+                status=200,
+                replayed=result.replayed or None,
+                **attrs.asdict(_notify_answer(result, targets), recurse=False),
+            )
+
+        def failed(failure: Failure) -> NotifiedElement | RefusedElement:
+            error = failure.value
+            if isinstance(error, IdempotencyConflict):
+                return _refused(409, *_conflict(error.key))
+            if isinstance(error, BackplaneUnavailable):
+                return _refused(
+                    503,
+                    codes.ERR_UNAVAILABLE,
+                    f"{failure.getErrorMessage()}; nothing was numbered or "
+                    "delivered, retry",
+                )
+            log.failure("unexpected error publishing a notification", failure)
+            return _refused(500, codes.ERR_INTERNAL, "internal error")
+
+        return publishing.addCallbacks(published, failed)
+
+
+CONTRACT_BROKEN = "the message breaks the contract"
+
+
+def _notify_answer(published: Published, targets: tuple[str, ...]) -> NotifyAnswer:
+    return NotifyAnswer(
+        ok=True,
+        delivered=published.delivered,
+        seq=published.seq,
+        targets=dict(zip(targets, published.per_target, strict=True))
+        if targets
+        else None,
+    )
+
+
+def _conflict(key: str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    return (
+        codes.ERR_IDEMPOTENCY_CONFLICT,
+        f"Idempotency-Key {key!r} was used for another request",
+        (("Idempotency-Key", "used with another body within its window"),),
+    )
+
+
+def _refused(
+    status: int, code: str, message: str, errors: tuple[tuple[str, str], ...] = ()
+) -> RefusedElement:
+    return RefusedElement(
+        status=status,
+        **attrs.asdict(_error_answer(code, message, errors), recurse=False),
+    )
+
+
+def _log_refusal(
+    request: server.Request, error: ContractError, index: int | None = None
+) -> None:
+    log.info(
+        "rejected a notification from {peer}{element}: {code} {errors}",
+        peer=_peer(request),
+        element="" if index is None else f" (batch element {index})",
+        code=error.code,
+        errors=error.message,
+    )
 
 
 class PresenceResource(_MethodsResource):
@@ -541,7 +675,9 @@ class PresenceResource(_MethodsResource):
             lambda found: _json(
                 request,
                 200,
-                {"ok": True, "orgId": org_id, "users": converter.unstructure(found)},
+                converter.unstructure(
+                    PresenceAnswer(ok=True, orgId=org_id, users=found)
+                ),
             ),
             lambda failure: _read_failed(request, failure),
         )
@@ -592,20 +728,22 @@ class HealthResource(_MethodsResource):
     def render_GET(self, request: server.Request) -> bytes:
         registry = self._registry
         reason = registry.unavailable()
-        body: dict[str, Any] = {
-            "ok": reason is None,
-            "connections": registry.connection_count,
-            "rooms": registry.room_count,
-            "historyOnlyRooms": registry.history_room_count,
-        }
-        if registry.backplane.shared:
-            body["node"] = registry.node_id
-            body["backplane"] = "up" if reason is None else "down"
+        shared = registry.backplane.shared
+        health = Health(
+            ok=reason is None,
+            connections=registry.connection_count,
+            rooms=registry.room_count,
+            historyOnlyRooms=registry.history_room_count,
+            node=registry.node_id if shared else None,
+            backplane=("up" if reason is None else "down") if shared else None,
+            error=None if reason is None else codes.ERR_UNAVAILABLE,
+            message=reason,
+        )
         if reason is not None:
-            body["error"] = codes.ERR_UNAVAILABLE
-            body["message"] = reason
             request.setHeader(b"retry-after", b"1")
-        return _json(request, 200 if reason is None else 503, body)
+        return _json(
+            request, 200 if reason is None else 503, converter.unstructure(health)
+        )
 
 
 def make_site(

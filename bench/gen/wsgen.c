@@ -68,6 +68,7 @@ static int client_ports[MAX_PORTS], n_client_ports; /* --ports (default: --port)
 static int notify_ports[MAX_PORTS], n_notify_ports; /* --notify-ports (default: --port) */
 static int opt_n = 100;
 static int opt_publishers = 4;
+static int opt_batch = 1; /* notifications per POST: >1 sends a JSON array (a batch) */
 static int opt_inflight = 128;
 static int opt_pgid = 0;
 static double opt_rate = 0;      /* deliveries/s target; 0 = closed loop */
@@ -86,7 +87,7 @@ static void usage(void) {
           "  [--publishers P] [--rate DELIVERIES_PER_S] [--hz R] [--duration S] [--warmup S]\n"
           "  [--drain S] [--settle S] [--hold S] [--inflight K] [--ready-timeout S]\n"
           "  [--server-pgid PGID] [--cf-id ID] [--cf-secret SECRET] [--seed X]\n"
-          "  [--ports P1,P2,...] [--notify-ports P1,P2,...]\n");
+          "  [--ports P1,P2,...] [--notify-ports P1,P2,...] [--batch N]\n");
   exit(64);
 }
 
@@ -724,13 +725,20 @@ static const char *pick_org(void) {
 }
 
 static int pub_send(conn_t *p, uint64_t stamp) {
-  const char *org = pick_org();
-  if (!org) return 0;
-  char body[512], req[1024];
-  int bl = snprintf(body, sizeof body,
-                    "{\"orgId\":\"%s\",\"routing\":\"broadcast\",\"type\":\"room_updated\","
-                    "\"payload\":{\"roomId\":\"ts-%llu\",\"name\":\"Main Hall\"}}",
-                    org, (unsigned long long)stamp);
+  /* One notification, or a batch of opt_batch (each to its own org) as an array. */
+  static char body[65536], req[66560];
+  int bl = 0;
+  if (opt_batch > 1) body[bl++] = '[';
+  for (int i = 0; i < opt_batch; i++) {
+    const char *org = pick_org();
+    if (!org) return 0;
+    bl += snprintf(body + bl, sizeof body - (size_t)bl,
+                   "%s{\"orgId\":\"%s\",\"routing\":\"broadcast\",\"type\":\"room_updated\","
+                   "\"payload\":{\"roomId\":\"ts-%llu\",\"name\":\"Main Hall\"}}",
+                   i ? "," : "", org, (unsigned long long)stamp);
+  }
+  if (opt_batch > 1) body[bl++] = ']';
+  body[bl] = 0;
   int n = snprintf(req, sizeof req,
                    "POST /internal/notify HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
                    "CF-Access-Client-Id: %s\r\nCF-Access-Client-Secret: %s\r\nContent-Length: %d\r\n\r\n%s",
@@ -739,22 +747,27 @@ static int pub_send(conn_t *p, uint64_t stamp) {
   p->busy = 1;
   p->req_stamp = stamp;
   p->req_sent = now;
-  notify_sent++;
+  notify_sent += (uint64_t)opt_batch;
   if (in_window) h_add(&h_lag, now > stamp ? now - stamp : 0);
   send_bytes(p, req, (size_t)n);
   return 1;
 }
 
-static long parse_delivered(const char *b, size_t n) {
-  const char *q = memmem(b, n, "\"delivered\"", 11);
-  if (!q) return -1;
-  const char *end = b + n;
-  q += 11;
-  while (q < end && (*q == ' ' || *q == ':')) q++;
-  long v = 0;
-  int d = 0;
-  while (q < end && isdigit((unsigned char)*q)) { v = v * 10 + (*q++ - '0'); d++; }
-  return d ? v : -1;
+/* The sum of every "delivered" count in an answer (one, or one per batch element);
+   *published gets how many counts there were. */
+static long parse_delivered(const char *b, size_t n, long *published) {
+  const char *end = b + n, *q = b;
+  long sum = 0;
+  *published = 0;
+  while ((q = memmem(q, (size_t)(end - q), "\"delivered\"", 11))) {
+    q += 11;
+    while (q < end && (*q == ' ' || *q == ':')) q++;
+    long v = 0;
+    int d = 0;
+    while (q < end && isdigit((unsigned char)*q)) { v = v * 10 + (*q++ - '0'); d++; }
+    if (d) { sum += v; (*published)++; }
+  }
+  return *published ? sum : -1;
 }
 
 /* One whole response at b? Returns its length (0: incomplete); fills status/body. */
@@ -815,11 +828,18 @@ static size_t on_pub_data(conn_t *p, char *b, size_t n) {
     }
     p->busy = 0;
     if (status == 200) {
-      long d = parse_delivered(body, blen);
-      notify_ok++;
+      long published;
+      long d = parse_delivered(body, blen, &published);
+      notify_ok += (uint64_t)published;
+      /* A batch element that was refused counts as an HTTP error. */
+      if (published < opt_batch) {
+        notify_http_err += (uint64_t)(opt_batch - published);
+        if (diag_budget-- > 0)
+          fprintf(stderr, "wsgen: batch elements refused: %.*s\n", (int)(blen > 200 ? 200 : blen), body);
+      }
       if (d > 0) claimed_total += (uint64_t)d;
       if (in_window) {
-        notify_ok_win++;
+        notify_ok_win += (uint64_t)published;
         if (d > 0) claimed_win += (uint64_t)d;
         h_add(&h_rtt, now - p->req_sent);
       }
@@ -1166,6 +1186,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--tokens")) opt_tokens = v;
     else if (!strcmp(a, "-n")) opt_n = atoi(v);
     else if (!strcmp(a, "--publishers")) opt_publishers = atoi(v);
+    else if (!strcmp(a, "--batch")) opt_batch = atoi(v);
     else if (!strcmp(a, "--rate")) opt_rate = atof(v);
     else if (!strcmp(a, "--hz")) opt_hz = atof(v);
     else if (!strcmp(a, "--duration")) opt_duration = atof(v);
@@ -1191,7 +1212,7 @@ int main(int argc, char **argv) {
   if (!n_client_ports && opt_port > 0) client_ports[n_client_ports++] = opt_port;
   if (!n_notify_ports && opt_port > 0) notify_ports[n_notify_ports++] = opt_port;
   if (!(is_s1 || is_s2 || is_s3 || is_s4 || is_s5) || opt_port <= 0 || opt_port > 65535 || !opt_tokens || opt_n < 1 ||
-      opt_inflight < 1 || opt_publishers < 0 || opt_duration <= 0 || opt_warmup < 0 || opt_hz <= 0)
+      opt_inflight < 1 || opt_publishers < 0 || opt_batch < 1 || opt_batch > 100 || opt_duration <= 0 || opt_warmup < 0 || opt_hz <= 0)
     usage();
   /* bounds: nothing may run unbounded */
   if (opt_duration > 600 || opt_warmup > 120 || opt_drain > 120 || opt_hold > 600 || opt_ready_timeout > 600 ||
@@ -1266,7 +1287,7 @@ int main(int argc, char **argv) {
     double notify_interval_us = 0, s2_interval_us = 0;
     if (opt_rate > 0 && n_orgs > 0 && n_ready > 0) {
       double per_notify = (double)n_ready / (double)n_orgs; /* mean deliveries per notify */
-      notify_interval_us = 1e6 / (opt_rate / per_notify);
+      notify_interval_us = 1e6 / (opt_rate / per_notify) * opt_batch; /* one POST per batch */
     }
     if (is_s2) s2_interval_us = 1e6 / ((double)opt_n * opt_hz);
     uint64_t t0 = mono_us(), tw0 = t0 + (uint64_t)(opt_warmup * 1e6), tend = tw0 + (uint64_t)(opt_duration * 1e6);
@@ -1375,6 +1396,7 @@ int main(int argc, char **argv) {
            rx_reads_win ? (double)rx_bytes_win / (double)rx_reads_win : 0.0, drain_s);
   }
   if (is_s1 || is_s4) {
+    printf(",\"batch\":%d", opt_batch);
     printf(",\"publishers\":%d,\"rate_target\":%.1f,\"notify\":{\"sent\":%llu,\"ok\":%llu,\"replies_per_s\":%.1f,"
            "\"delivered_claimed_per_s\":%.1f,\"http_errors\":%llu,\"reconnects\":%llu,\"lost_replies\":%llu,",
            opt_publishers, opt_rate, (unsigned long long)notify_sent, (unsigned long long)notify_ok,
