@@ -66,13 +66,14 @@ from officerouter.workers import (
     adopted_endpoint,
     parent_watch,
     parse_listener,
+    with_default_backlog,
     worker_count,
 )
 
 log = Logger()
 
-# Twisted's default listen backlog is 50: a reconnect storm after a restart would
-# overflow it and cost each dropped client a 1 s SYN retransmit.
+# Any tcp:/tcp6:/ssl: --port without backlog= listens with DEFAULT_BACKLOG (1024),
+# not Twisted's 50 (workers.with_default_backlog); the defaults spell it out.
 DEFAULT_PORT = "tcp:8787:backlog=1024"
 #: A development server (--dev, with fresh credentials) answers this machine only.
 DEV_PORT = "tcp:8787:interface=127.0.0.1:backlog=1024"
@@ -728,7 +729,9 @@ def listening_endpoint(options: usage.Options, reactor: Any) -> Any:
         except ConfigError as e:
             raise SystemExit(f"officerouter: {e}") from None
     try:
-        return endpoints.serverFromString(reactor, options["port"])
+        return endpoints.serverFromString(
+            reactor, with_default_backlog(options["port"])
+        )
     except Exception as e:  # any parser's error: a bad --port is a config error
         raise SystemExit(
             f"officerouter: --port: {options['port']!r} is not a usable endpoint "

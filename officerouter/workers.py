@@ -44,8 +44,13 @@ MAX_RESTART_DELAY = 60.0
 STABLE_AFTER = 30.0
 #: On stop, a worker gets the shutdown timeout plus this long before SIGKILL.
 KILL_MARGIN = 5.0
-#: Twisted's listen backlog when an endpoint string gives none.
-DEFAULT_BACKLOG = 50
+#: The listen backlog of a ``tcp:``, ``tcp6:`` or ``ssl:`` ``--port`` that gives
+#: none. Twisted's own is 50: the reconnect storm after a restart (or a benchmark's
+#: connection burst) overflows it, and each client dropped there waits for a SYN
+#: retransmit, 1 s or more. Node's is 511; the kernel caps it at somaxconn.
+DEFAULT_BACKLOG = 1024
+#: The endpoint kinds whose Twisted parser takes ``backlog=``.
+_BACKLOG_KINDS = frozenset({"tcp", "tcp6", "ssl"})
 #: What systemd's socket activation tells its child; a worker is not that child.
 SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
@@ -148,6 +153,18 @@ def _split(description: str) -> list[str]:
             current.append(char)
     fields.append("".join(current))
     return fields
+
+
+def with_default_backlog(description: str) -> str:
+    """``description`` with ``:backlog=DEFAULT_BACKLOG`` added, when it is a
+    ``tcp:``, ``tcp6:`` or ``ssl:`` endpoint that names no backlog of its own."""
+    kind, *fields = _split(description)
+    if kind not in _BACKLOG_KINDS or any(f.startswith("backlog=") for f in fields):
+        return description
+    trailing = len(description) - len(description.rstrip("\\"))
+    if trailing % 2:  # a dangling escape: Twisted's parser will say what is wrong
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
 
 
 def _number(description: str, text: str, what: str, low: int) -> int:

@@ -734,3 +734,17 @@ def test_bad_metrics_endpoint_is_one_line():
     message = str(raised.value)
     assert message.startswith("officerouter: --metrics: 'nonsense:9108'")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("port", "backlog"),
+    [("tcp:8787:interface=127.0.0.1", 1024), ("tcp:8787:backlog=7", 7)],
+)
+def test_an_explicit_port_listens_with_a_backlog_of_1024_unless_it_names_one(
+    port: str, backlog: int
+):
+    """``--port tcp:PORT`` as a user writes it gets backlog 1024, not Twisted's 50
+    (a reconnect storm would overflow 50); a port that names its own keeps it."""
+    endpoint = tap.listening_endpoint(parse("--port", port), reactor)
+    assert isinstance(endpoint, endpoints.TCP4ServerEndpoint)
+    assert endpoint._backlog == backlog

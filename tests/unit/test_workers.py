@@ -52,19 +52,42 @@ def test_worker_count_is_a_whole_number_of_at_least_one():
 @pytest.mark.parametrize(
     ("description", "expected"),
     [
-        ("tcp:8787", TCPListener(8787, "", 50, socket.AF_INET)),
+        ("tcp:8787", TCPListener(8787, "", 1024, socket.AF_INET)),
         (
             "tcp:0:interface=127.0.0.1:backlog=1024",
             TCPListener(0, "127.0.0.1", 1024, socket.AF_INET),
         ),
         ("tcp:port=8787:backlog=9", TCPListener(8787, "", 9, socket.AF_INET)),
-        (r"tcp:8787:interface=\:\:1", TCPListener(8787, "::1", 50, socket.AF_INET6)),
-        ("tcp6:8787", TCPListener(8787, "::", 50, socket.AF_INET6)),
+        (r"tcp:8787:interface=\:\:1", TCPListener(8787, "::1", 1024, socket.AF_INET6)),
+        ("tcp6:8787", TCPListener(8787, "::", 1024, socket.AF_INET6)),
     ],
 )
 def test_tcp_endpoints_are_parsed_as_twisted_does(description, expected):
-    """tcp: and tcp6: strings give port, interface, backlog (Twisted's default 50) and family."""
+    """tcp: and tcp6: strings give port, interface, backlog (1024 unless given: not
+    Twisted's 50) and family."""
     assert workers.parse_listener(description, reactor=None) == expected
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("tcp:8787", "tcp:8787:backlog=1024"),
+        ("tcp6:8787:interface=\\:\\:1", "tcp6:8787:interface=\\:\\:1:backlog=1024"),
+        ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem:backlog=1024"),
+        ("tcp:8787:backlog=9", "tcp:8787:backlog=9"),
+        (
+            "tcp:port=8787:backlog=9:interface=127.0.0.1",
+            "tcp:port=8787:backlog=9:interface=127.0.0.1",
+        ),
+        ("unix:/run/officerouter.sock", "unix:/run/officerouter.sock"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ("tcp:8787:interface=x\\", "tcp:8787:interface=x\\"),
+    ],
+)
+def test_a_port_without_a_backlog_gets_1024(description, expected):
+    """tcp:, tcp6: and ssl: endpoints that name no backlog get 1024; others, and
+    those that name one, are left as they are."""
+    assert workers.with_default_backlog(description) == expected
 
 
 @pytest.mark.parametrize(
