@@ -56,6 +56,7 @@ REASON_RESYNC: Final = "stream restarted; reconnect and recover"
 REASON_BACKPLANE_DOWN: Final = "backplane unavailable; reconnect"
 REASON_UNAVAILABLE: Final = "service unavailable; retry"
 REASON_POSITIONS_PARAM: Final = "positions must be batched, or absent"
+REASON_PRESENCE_PARAM: Final = "presence must be diff, or absent"
 
 # Keep this last: every ERR_ constant of the module, for the generated schema.
 #: Every error code above.

@@ -325,6 +325,29 @@ class Presence:
 
 
 @attrs.frozen(kw_only=True)
+class PresenceState:
+    """The payload of ``presence_state`` (``?presence=diff``): everyone online,
+    the connection's own user included, as user ids by role; and the last
+    position of those who have one.  Empty fields are left out."""
+
+    users: dict[str, list[str]] = attrs.Factory(dict)
+    positions: dict[str, PositionUpdate] = attrs.Factory(dict)
+
+
+@attrs.frozen(kw_only=True)
+class PresenceDiff:
+    """The payload of ``presence_diff``: one tick's changes to who is online.
+
+    A client removes ``leaves`` first, then sets each user of ``joins`` to the
+    role they are listed under (a join of a user already listed is a role
+    change).  Empty fields are left out.
+    """
+
+    joins: dict[str, list[str]] = attrs.Factory(dict)
+    leaves: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen(kw_only=True)
 class UserLeft:
     """The payload of ``user_left``: a user is no longer online."""
 

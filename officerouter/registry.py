@@ -320,11 +320,14 @@ class OrgRegistry:
         *,
         since: str | None = None,
         batch_positions: bool = False,
+        presence_diff: bool = False,
     ) -> Session:
         """Admit a verified connection to its org's room (created if needed).
 
         :param since: the ``<epoch>.<seq>`` a reconnecting client last saw.
         :param batch_positions: take positions as one ``positions`` frame per tick.
+        :param presence_diff: take presence as ``presence_state``, then one
+            ``presence_diff`` frame per tick.
         :raises RefusedError: when the identity may not connect.
         """
         if self._stopped:
@@ -346,6 +349,7 @@ class OrgRegistry:
                 self._new_id(),
                 since=since,
                 batch_positions=batch_positions,
+                presence_diff=presence_diff,
             )
         except BaseException:
             if not len(room):

@@ -59,6 +59,8 @@ from officerouter.messages import (
     Notification,
     Positions,
     PositionUpdate,
+    PresenceDiff,
+    PresenceState,
     PresenceUser,
     UserLeft,
     UserPosition,
@@ -103,6 +105,8 @@ class Session:
     org_id: str
     #: Receives position updates as one ``positions`` frame per tick.
     batch_positions: bool = False
+    #: Receives presence as ``presence_state``, then one ``presence_diff`` per tick.
+    presence_diff: bool = False
 
     @property
     def admitted(self) -> bool:
@@ -144,6 +148,14 @@ def prepare(
         else tuple(notification.targets),
         actions=actions,
     )
+
+
+def _by_role(users: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """User ids grouped by role, roles in the order they first appear."""
+    grouped: dict[str, list[str]] = {}
+    for user_id, role in users:
+        grouped.setdefault(role, []).append(user_id)
+    return grouped
 
 
 def error_frame(error: ContractError) -> Encoded:
@@ -213,6 +225,18 @@ class OrgRoom:
         self._batched: dict[str, Session] = {}
         self._position_tick = position_tick
         self._tick_positions: dict[str, UserPosition] = {}
+        # The audience split by how it takes presence: one frame per event
+        # (``_announced``), or one ``presence_diff`` per tick (``_diffed``);
+        # ``_awaiting`` get their ``presence_state`` at the next tick.
+        self._announced: dict[str, Session] = {}
+        self._diffed: dict[str, Session] = {}
+        self._awaiting: dict[str, Session] = {}
+        # What every diffed connection was told so far (user -> role; None while
+        # there is none), the users whose presence changed since, and those of
+        # them who went offline meanwhile (they leave, then join again).
+        self._diff_view: dict[str, str] | None = None
+        self._diff_touched: dict[str, None] = {}
+        self._diff_gone: set[str] = set()
         self._tick_call: IDelayedCall | None = None
         self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
         # Roles the backend set: held for users without a connection, and the
@@ -264,12 +288,15 @@ class OrgRoom:
         *,
         since: str | None = None,
         batch_positions: bool = False,
+        presence_diff: bool = False,
     ) -> Session:
         """Add a verified connection.
 
         It receives ``connected``; then, when admitted, the ``presence`` snapshot;
         then what it missed since ``since`` and may see now; then the live stream.
-        All of it happens in this call, so nothing can slip in between.
+        All of it happens in this call, so nothing can slip in between.  With
+        ``presence_diff`` the snapshot is a ``presence_state`` at the next tick
+        instead, shared by every connection that arrived within it.
 
         :param since: the ``<epoch>.<seq>`` the client last saw, if it asked.
         """
@@ -294,6 +321,7 @@ class OrgRoom:
             connection=connection,
             org_id=self.org_id,
             batch_positions=batch_positions,
+            presence_diff=presence_diff,
         )
         missed = None
         if since is not None:
@@ -301,7 +329,11 @@ class OrgRoom:
             self._tally.recoveries[missed is not None] += 1
         # Encoded before the session exists: a snapshot that cannot be encoded
         # must leave nothing behind.
-        snapshot = self._snapshot(exclude=user_id) if session.admitted else None
+        snapshot = (
+            self._snapshot(exclude=user_id)
+            if session.admitted and not presence_diff
+            else None
+        )
         connection.send(
             encode(
                 "connected",
@@ -324,13 +356,16 @@ class OrgRoom:
             self._assigned.add(user_id)
         arrived = False
         try:
-            if snapshot is not None:
+            if session.admitted:
                 arrived = self._presence.arrive(user_id, role)
+            if snapshot is not None:
                 connection.send(snapshot)
             for message in missed or ():
                 connection.send(message)
             if session.admitted:
                 self._admit(session)
+                if arrived:
+                    self._touch(user_id)
                 if arrived and not self._remote.online(user_id):
                     self._announce(
                         user_id, encode("user_joined", self._describe(user_id))
@@ -489,8 +524,10 @@ class OrgRoom:
 
         Events wait for the end of the reactor iteration, so that a storm of
         joins reaches each connection as one burst per iteration rather than one
-        send per join (see :meth:`_deliver_events`).
+        send per join (see :meth:`_deliver_events`).  Connections that take
+        presence diffs hear of it at the next tick.
         """
+        self._touch(user_id, gone=message.type == "user_left")
         self._events.append((user_id, message))
         if self._events_call is None:
             self._events_call = self._clock.callLater(0, self._deliver_events)
@@ -511,7 +548,7 @@ class OrgRoom:
         starts, self._event_starts = self._event_starts, {}
         subjects = {user_id for user_id, _ in events}
         everything: Burst | None = None
-        for session in self._audience.values():
+        for session in self._announced.values():
             start = starts.get(session.connection_id, 0)
             if start == 0 and session.user_id not in subjects:
                 if everything is None:
@@ -528,6 +565,8 @@ class OrgRoom:
         self._changed(user_id)
         if self._remote.online(user_id):
             self._stale[user_id] = None
+            # Still online elsewhere, maybe with the role seen there.
+            self._touch(user_id)
             return
         # Gone now: a return later is a new entry at the end, as in the tracker.
         self._entries.pop(user_id, None)
@@ -595,14 +634,108 @@ class OrgRoom:
             self._event_starts[key] = len(self._events)
         self._audience[key] = session
         (self._batched if session.batch_positions else self._plain)[key] = session
+        if not session.presence_diff:
+            self._announced[key] = session
+        elif key not in self._diffed:
+            self._awaiting[key] = session
+            self._schedule_tick()
 
     def _dismiss(self, session: Session) -> None:
         key = session.connection_id
         self._audience.pop(key, None)
         self._plain.pop(key, None)
         self._batched.pop(key, None)
+        self._announced.pop(key, None)
+        self._awaiting.pop(key, None)
+        if self._diffed.pop(key, None) is not None and not self._diffed:
+            # Nobody holds the view any more: the next one starts afresh.
+            self._diff_view = None
+            self._diff_touched.clear()
+            self._diff_gone.clear()
+
+    # ------------------------------------------------------------ presence diffs
+
+    def _touch(self, user_id: str, gone: bool = False) -> None:
+        """The user's presence may have changed: diffed connections hear of it
+        at the next tick (``gone``: they went offline, whatever follows)."""
+        if self._diff_view is None:
+            return
+        self._diff_touched[user_id] = None
+        if gone:
+            self._diff_gone.add(user_id)
+        self._schedule_tick()
+
+    def _current_view(self) -> dict[str, str]:
+        """Who is online now, with their role, in the order of :meth:`presence`."""
+        view = {}
+        for user_id in self._online_users():
+            role = self._role(user_id)
+            assert role is not None
+            view[user_id] = role
+        return view
+
+    def _tell_presence(self) -> None:
+        """The tick's presence: one ``presence_diff`` for the diffed connections
+        and one ``presence_state`` for those awaiting it, each encoded once.
+
+        The state is the view the diff leads to, so a connection's state plus
+        the diffs it gets afterwards is always exactly who is online.
+        """
+        view = self._diff_view
+        if view is not None and self._diff_touched:
+            diff = self._diff(view)
+            if diff is not None:
+                for target in self._diffed.values():
+                    target.connection.send(diff)
+        if not self._awaiting:
+            return
+        if view is None:
+            view = self._diff_view = self._current_view()
+        positions = {}
+        for user_id in view:
+            present = self._presence.get(user_id)
+            position = present.position if present is not None else None
+            if position is None and self._shared:
+                position = self._remote.position(user_id)
+            if position is not None:
+                positions[user_id] = position
+        state = encode(
+            "presence_state",
+            PresenceState(users=_by_role(view.items()), positions=positions),
+        )
+        awaiting, self._awaiting = self._awaiting, {}
+        for key, session in awaiting.items():
+            session.connection.send(state)
+            self._diffed[key] = session
+
+    def _diff(self, view: dict[str, str]) -> Encoded | None:
+        """Bring ``view`` up to date with the users touched since the last tick;
+        the ``presence_diff`` that does the same for a client, or ``None``."""
+        touched, self._diff_touched = self._diff_touched, {}
+        gone, self._diff_gone = self._diff_gone, set()
+        leaves: list[str] = []
+        joins: list[tuple[str, str]] = []
+        for user_id in touched:
+            before = view.get(user_id)
+            now = self._role(user_id) if self._online(user_id) else None
+            if before is not None and (now is None or user_id in gone):
+                leaves.append(user_id)
+                del view[user_id]
+                before = None
+            if now is not None and now != before:
+                joins.append((user_id, now))
+                view[user_id] = now
+        if not leaves and not joins:
+            return None
+        return encode(
+            "presence_diff", PresenceDiff(joins=_by_role(joins), leaves=leaves)
+        )
 
     # ------------------------------------------------------------ position batches
+
+    def _schedule_tick(self) -> None:
+        if self._tick_call is None:
+            self._tick_call = self._clock.callLater(self._position_tick, self._tick)
 
     def _batch(self, user_id: str, position: PositionUpdate) -> None:
         # Latest per user wins; a user moving again within the tick is sent once.
@@ -610,21 +743,21 @@ class OrgRoom:
         self._tick_positions[user_id] = UserPosition(
             userId=user_id, x=position.x, y=position.y, roomId=position.roomId
         )
-        if self._tick_call is None:
-            self._tick_call = self._clock.callLater(self._position_tick, self._tick)
+        self._schedule_tick()
 
     def _share_move(self, user_id: str, position: PositionUpdate) -> None:
         # Other processes get this process's moves once per tick, latest per user.
         self._moves.pop(user_id, None)
         self._moves[user_id] = position
-        if self._tick_call is None:
-            self._tick_call = self._clock.callLater(self._position_tick, self._tick)
+        self._schedule_tick()
 
     def _tick(self) -> None:
-        """Send the tick's positions to every batched connection, encoded once,
-        and (with a shared backplane) this process's moves to the others."""
+        """Send the tick's presence diff (and states) and its positions to the
+        connections that opted in, each encoded once, and (with a shared
+        backplane) this process's moves to the others."""
         self._tick_call = None
         self._deliver_events()
+        self._tell_presence()
         if self._moves:
             moves, self._moves = list(self._moves.items()), {}
             entries = []
@@ -769,9 +902,15 @@ class OrgRoom:
         """A pending guest was let in: they see the floor, the floor sees them."""
         if self._presence.get(user_id) is None:
             return
-        snapshot = self._snapshot(exclude=user_id)
-        for session in self._by_user.get(user_id, {}).values():
-            session.connection.send(snapshot)
+        plain = [
+            session
+            for session in self._by_user.get(user_id, {}).values()
+            if not session.presence_diff
+        ]
+        if plain:
+            snapshot = self._snapshot(exclude=user_id)
+            for session in plain:
+                session.connection.send(snapshot)
         self._announce(user_id, encode("user_joined", self._describe(user_id)))
 
     def _close_user(self, action: CloseUser) -> None:
@@ -921,3 +1060,9 @@ class OrgRoom:
             self._tick_call.cancel()
         self._tick_call = None
         self._tick_positions.clear()
+        self._awaiting.clear()
+        self._diffed.clear()
+        self._announced.clear()
+        self._diff_view = None
+        self._diff_touched.clear()
+        self._diff_gone.clear()

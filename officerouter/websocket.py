@@ -203,6 +203,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._identity: Identity | None = None
         self._since: str | None = None
         self._batch_positions = False
+        self._presence_diff = False
         self._session: Session | None = None
         self._outbox: Outbox | None = None
         self._guard: FloodGuard | None = None
@@ -280,12 +281,16 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         positions = params.get("positions", [""])[0]
         if positions not in ("", "batched"):
             raise ConnectionDeny(400, codes.REASON_POSITIONS_PARAM)
+        presence = params.get("presence", [""])[0]
+        if presence not in ("", "diff"):
+            raise ConnectionDeny(400, codes.REASON_PRESENCE_PARAM)
         refusal = factory.capacity_refusal(identity)
         if refusal is not None:
             raise ConnectionDeny(*refusal)
         since = params.get("since")
         self._since = since[0] if since else None
         self._batch_positions = positions == "batched"
+        self._presence_diff = presence == "diff"
         # The org's room must be ready: with several processes its shared state
         # (bans, who is online elsewhere) is read first, and checked again.
         prepared = factory.registry.prepare(identity.org_id)
@@ -357,6 +362,7 @@ class OfficeServerProtocol(WebSocketServerProtocol):
                 self,
                 since=self._since,
                 batch_positions=self._batch_positions,
+                presence_diff=self._presence_diff,
             )
         except RefusedError as e:
             # Only when stopping: the handshake and the join share a reactor turn.

@@ -40,7 +40,14 @@ T = TypeVar("T")
 #: Frames the presence feature adds around routed traffic.  Routing tests look
 #: past them; the presence tests own them.
 PRESENCE_TYPES: Final = frozenset(
-    {"presence", "user_joined", "user_left", "user_role_changed"}
+    {
+        "presence",
+        "user_joined",
+        "user_left",
+        "user_role_changed",
+        "presence_state",
+        "presence_diff",
+    }
 )
 
 
