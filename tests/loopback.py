@@ -60,7 +60,14 @@ class ConnectionRefusedByServer(Exception):
 
 #: Frames about who is online (docs/presence-and-recovery.md).
 PRESENCE_TYPES = frozenset(
-    {"presence", "user_joined", "user_left", "user_role_changed"}
+    {
+        "presence",
+        "user_joined",
+        "user_left",
+        "user_role_changed",
+        "presence_state",
+        "presence_diff",
+    }
 )
 
 
