@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run officerouter's benchmark scenarios, a fresh server per run.
 
-    python bench/run.py [--out DIR] [--scenarios s1,s2,s2b,s3,s4,s5] [--reps N] ...
+    python bench/run.py [--out DIR] [--scenarios s1,s2,s2b,s3,s4,s5,s6] [--reps N] ...
     python bench/run.py --smoke --out /tmp/smoke
     python bench/run.py --name node-ws --cwd /tmp/sharedbench \\
         --cmd "bash peers/node-ws/start.sh" --out DIR
@@ -65,7 +65,7 @@ CONFIG_VARS = (
     "CF_ACCESS_CLIENT_SECRET",
     "JWT_PRIVATE_KEY",
 )
-SCENARIOS = ("s1", "s2", "s2b", "s3", "s4", "s5")
+SCENARIOS = ("s1", "s2", "s2b", "s3", "s4", "s5", "s6")
 # Several officerouter processes sharing one Redis (the backplane), each beside the
 # same load on one process without Redis ("single"): see plans() and bench/README.md.
 CLUSTER_SCENARIOS = ("c1", "c2", "c3", "c4")
@@ -74,9 +74,9 @@ CLUSTER_SCENARIOS = ("c1", "c2", "c3", "c4")
 TOPOLOGIES = ("single", "redis1", "redis2")
 NODE_IDS = ("bench-a", "bench-b")
 # Scenarios that use officerouter extensions the peers in ../shared/bench lack
-# (s2b: ?positions=batched; the cluster). They run only for servers started
-# without --cmd.
-OFFICEROUTER_ONLY = frozenset({"s2b", *CLUSTER_SCENARIOS})
+# (s2b: ?positions=batched; s6: presence, and ?presence=diff; the cluster). They
+# run only for servers started without --cmd.
+OFFICEROUTER_ONLY = frozenset({"s2b", "s6", *CLUSTER_SCENARIOS})
 
 
 def log(*parts: Any) -> None:
@@ -723,6 +723,9 @@ def plans(a: argparse.Namespace) -> list[Plan]:
                     out.append(Plan("s4", orgs * per_org, load, rate, orgs))
         elif scenario == "s5":
             out.extend(Plan("s5", n) for n in ints(a.s5_n))
+        elif scenario == "s6":
+            for n in ints(a.s6_n):
+                out.extend(Plan("s6", n, mode) for mode in a.s6_presence)
         elif scenario == "c1":
             for n in ints(a.c1_n):
                 for topology in a.c1_topologies:
@@ -837,8 +840,10 @@ def generator_argv(
         "--ready-timeout",
         str(a.ready_timeout),
         "--inflight",
-        str(a.s5_inflight if scenario == "s5" else a.inflight),
+        str(a.s5_inflight if scenario in ("s5", "s6") else a.inflight),
     ]
+    if scenario == "s6":
+        argv += ["--presence", plan.load]
     if len(dep.client_ports) > 1 or dep.notify_ports != dep.client_ports:
         argv += [
             "--ports",
@@ -1064,6 +1069,13 @@ def summary(r: dict[str, Any]) -> str:
         parts.append(
             f"{r['connect']['seconds']:.2f} s, handshake p99 "
             f"{r['connect']['handshake_ms']['p99']:.1f} ms"
+        )
+    if "view" in r:
+        v = r["view"]
+        parts.append(
+            f"all connected {r['connect']['seconds']:.2f} s, every view right "
+            f"{v['seconds']:.2f} s ({v['complete']}/{r['n']}), "
+            f"{v['bytes'] / 1e6:.1f} MB of presence"
         )
     parts.append(
         f"server {cpu.get('server_pct', -1):.0f}% gen {cpu.get('gen_pct', -1):.0f}% "
@@ -1404,6 +1416,56 @@ def s2b_target_met(r: dict[str, Any]) -> bool:
     )
 
 
+def _join_storm_targets(records: list[dict[str, Any]], servers: list[str]) -> list[str]:
+    """S6 (every view right) of each presence contract beside the S5 (all
+    connected) of the servers that send no presence, same N: the join-storm
+    target is S6 with ``?presence=diff`` within 2x of such a server's S5."""
+    good = [r for r in records if "failed" not in r]
+    storms = sorted(
+        {(r["server"], r["n"], r["load"]) for r in good if r["scenario"] == "s6"}
+    )
+    rows = []
+    for server, n, mode in storms:
+        mine = _median(
+            [
+                r["view"]["seconds"]
+                for r in good
+                if (r["server"], r["scenario"], r["n"], r["load"])
+                == (server, "s6", n, mode)
+            ]
+        )
+        for other in servers:
+            if other == server:
+                continue
+            theirs = _median(
+                [
+                    r["connect"]["seconds"]
+                    for r in good
+                    if (r["server"], r["scenario"], r["n"]) == (other, "s5", n)
+                ]
+            )
+            if mine and theirs:
+                ratio = mine / theirs
+                verdict = "met" if ratio <= 2 else "NOT met"
+                rows.append(
+                    f"| N={n} | {server} {mode} | {mine:.2f} s | {other} | "
+                    f"{theirs:.2f} s | {ratio:.2f} | {verdict if mode == 'diff' else '–'} |"
+                )
+    if not rows:
+        return []
+    return [
+        "### Join storm against a server without presence: S6 (every view right) / "
+        "its S5 (all connected), medians",
+        "",
+        "Target: `?presence=diff` within 2x (ratio ≤ 2).",
+        "",
+        "| size | S6 | median | beside | S5 median | ratio | target |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def render_report(out: Path) -> str:
     records = [r for r in load_records([out / "results.jsonl"]) if r.get("kept", True)]
     servers: list[str] = []
@@ -1587,6 +1649,24 @@ def render_report(out: Path) -> str:
         higher_is_better=False,
     )
 
+    lines += t(
+        "S6 join storm: seconds until every client's view of who is online is right "
+        "(all connected); MB of presence frames; views right",
+        "officerouter only. S5's storm (same N, same handshakes in flight), then until "
+        "each client's view, folded from its presence frames, is the whole org. "
+        "plain: `presence` + `user_joined`/`user_left`; diff: `?presence=diff`. "
+        "Compare with S5 of a server without presence (Node `ws`).",
+        records,
+        servers,
+        "s6",
+        lambda r: (
+            f"{r['view']['seconds']:.2f} s ({r['connect']['seconds']:.2f} s); "
+            f"{r['view']['bytes'] / 1e6:.0f} MB; {r['view']['complete']}/{r['n']}"
+        ),
+    )
+
+    lines += _join_storm_targets(records, servers)
+
     def noise(r: dict[str, Any]) -> str:
         c = r.get("cpu") or r["connect"]["cpu"]
         return (
@@ -1728,6 +1808,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--s4-rate", type=float, default=5000, help="S4 fixed load, deliveries/s"
     )
     p.add_argument("--s5-n", default="1000,5000")
+    p.add_argument("--s6-n", default="1000,5000", help="S6 (join storm) sizes")
+    p.add_argument(
+        "--s6-presence",
+        default="plain,diff",
+        help="S6 presence contracts: plain and/or diff (?presence=diff)",
+    )
     p.add_argument(
         "--s5-inflight", type=int, default=128, help="S5 handshakes in flight"
     )
@@ -1813,6 +1899,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.smoke:
         a.s1_n, a.s2_n, a.s3_n, a.s4, a.s5_n = "20", "10", "50", "3x4", "50"
+        a.s6_n = "50"
         a.s2b_n = "10"
         a.c1_n, a.c2_n, a.c3_n, a.c4_n, a.c4b_n = "4", 4, "20", 10, 10
         a.c1_rate, a.c2_publishers = 200.0, 4
@@ -1830,6 +1917,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if set(value) - set(TOPOLOGIES):
             p.error(f"--{name}-topologies: choose among {', '.join(TOPOLOGIES)}")
         setattr(a, key, value)
+    a.s6_presence = [m for m in a.s6_presence.split(",") if m]
+    if not a.s6_presence or set(a.s6_presence) - {"plain", "diff"}:
+        p.error("--s6-presence: plain and/or diff")
     a.c4_modes = [m for m in a.c4_modes.split(",") if m]
     if set(a.c4_modes) - {"plain", "batched"}:
         p.error("--c4-modes: plain and/or batched")

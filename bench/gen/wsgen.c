@@ -21,6 +21,11 @@
  *       learnt from the clients' "connected" frames).
  *   s5  connection storm: time for N clients to connect and get "connected",
  *       at most --inflight handshakes in flight.
+ *   s6  join storm: s5, then until every client's view of who is online, folded
+ *       from its presence frames, is the whole org (u0..u<N-1>; without itself
+ *       in the plain contract). --presence plain: "presence" + user_joined/left;
+ *       --presence diff: clients open /websocket?presence=diff and fold
+ *       presence_state + presence_diff. Bounded by --ready-timeout.
  *
  * Several servers (a cluster on one Redis): --ports P1,P2,... spreads the clients
  * over ports (client i on port i mod k) and --notify-ports over the publishers
@@ -80,6 +85,7 @@ static double opt_settle = 3;
 static double opt_hold = 30;
 static double opt_ready_timeout = 60;
 static uint64_t opt_seed = 0x9E3779B97F4A7C15ull;
+static int opt_presence_diff = 0; /* s6: --presence diff */
 
 static void usage(void) {
   fprintf(stderr,
@@ -87,7 +93,7 @@ static void usage(void) {
           "  [--publishers P] [--rate DELIVERIES_PER_S] [--hz R] [--duration S] [--warmup S]\n"
           "  [--drain S] [--settle S] [--hold S] [--inflight K] [--ready-timeout S]\n"
           "  [--server-pgid PGID] [--cf-id ID] [--cf-secret SECRET] [--seed X]\n"
-          "  [--ports P1,P2,...] [--notify-ports P1,P2,...] [--batch N]\n");
+          "  [--ports P1,P2,...] [--notify-ports P1,P2,...] [--batch N] [--presence plain|diff]\n");
   exit(64);
 }
 
@@ -428,7 +434,7 @@ static void send_handshake(conn_t *c) {
   int n = snprintf(req, cap,
                    "GET /websocket%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                    "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
-                   batched ? "?positions=batched" : "", conn_port(c), key, tok);
+                   batched ? "?positions=batched" : opt_presence_diff ? "?presence=diff" : "", conn_port(c), key, tok);
   c->state = ST_HANDSHAKE;
   send_bytes(c, req, (size_t)n);
   free(req);
@@ -538,6 +544,114 @@ static void on_positions(conn_t *c, const char *p, size_t n) {
   }
 }
 
+/* s6: each client's view of who is online, a bit per user u<i> (user i = client i). */
+static int views;                /* s6 */
+static uint8_t *pv_bits;         /* bit [client][user] */
+static size_t pv_stride;
+static int *pv_count;            /* users in each client's view */
+static uint8_t *pv_done;         /* each client's view is the whole org */
+static int pv_complete, pv_expected;
+static uint64_t t_view_end, pv_frames, pv_bytes, pv_unknown, pv_bad, pv_doubled, pv_missing_leave;
+
+static void pv_check(conn_t *c) {
+  int done = pv_count[c->idx] == pv_expected;
+  if (done != pv_done[c->idx]) {
+    pv_done[c->idx] = (uint8_t)done;
+    pv_complete += done ? 1 : -1;
+    if (done) t_view_end = mono_us();
+  }
+}
+
+/* Add (add=1) or remove a user "u<i>" to/from a client's view. */
+static void pv_apply(conn_t *c, const char *uid, size_t ul, int add) {
+  long u = 0;
+  if (ul < 2 || uid[0] != 'u') { pv_unknown++; return; }
+  for (size_t k = 1; k < ul; k++) {
+    if (uid[k] < '0' || uid[k] > '9' || u > opt_n) { pv_unknown++; return; }
+    u = u * 10 + (uid[k] - '0');
+  }
+  if (u >= opt_n) { pv_unknown++; return; }
+  uint8_t *byte = pv_bits + (size_t)c->idx * pv_stride + (size_t)(u >> 3);
+  uint8_t bit = (uint8_t)(1u << (u & 7));
+  if (add) {
+    if (*byte & bit) { pv_doubled++; return; }
+    *byte |= bit;
+    pv_count[c->idx]++;
+  } else {
+    if (!(*byte & bit)) { pv_missing_leave++; return; }
+    *byte &= (uint8_t)~bit;
+    pv_count[c->idx]--;
+  }
+}
+
+/* Every string of [p, end) that is not an object key is a user id. */
+static void pv_ids(conn_t *c, const char *p, const char *end, int add) {
+  while (p < end) {
+    const char *q = memchr(p, '"', (size_t)(end - p));
+    if (!q) return;
+    const char *e = memchr(q + 1, '"', (size_t)(end - q - 1));
+    if (!e) { pv_bad++; return; }
+    const char *r = e + 1;
+    while (r < end && (*r == ' ' || *r == '\t')) r++;
+    if (r >= end || *r != ':') pv_apply(c, q + 1, (size_t)(e - q - 1), add);
+    p = e + 1;
+  }
+}
+
+/* The span after "name": from its opening char (open) to the matching close (no nesting inside). */
+static int pv_span(const char *p, size_t n, const char *name, char open, char close, const char **a, const char **b) {
+  const char *q = memmem(p, n, name, strlen(name));
+  if (!q) return 0;
+  const char *end = p + n;
+  q = memchr(q, open, (size_t)(end - q));
+  if (!q) return 0;
+  const char *e = memchr(q, close, (size_t)(end - q));
+  if (!e) return 0;
+  *a = q + 1;
+  *b = e;
+  return 1;
+}
+
+static void pv_reset(conn_t *c) {
+  memset(pv_bits + (size_t)c->idx * pv_stride, 0, pv_stride);
+  pv_count[c->idx] = 0;
+}
+
+/* A presence frame (either contract); returns whether it was one. */
+static int on_presence(conn_t *c, const char *p, size_t n) {
+  const char *t, *a, *b, *uid;
+  size_t tl, ul;
+  if (!json_str(p, n, "type", &t, &tl)) return 0;
+  if (tl == 14 && !memcmp(t, "presence_state", 14)) {
+    pv_reset(c);
+    if (pv_span(p, n, "\"users\"", '{', '}', &a, &b)) pv_ids(c, a, b, 1);
+  } else if (tl == 13 && !memcmp(t, "presence_diff", 13)) {
+    if (pv_span(p, n, "\"leaves\"", '[', ']', &a, &b)) pv_ids(c, a, b, 0);
+    if (pv_span(p, n, "\"joins\"", '{', '}', &a, &b)) pv_ids(c, a, b, 1);
+  } else if (tl == 8 && !memcmp(t, "presence", 8)) {
+    /* {"users":[{"userId":..,"role":..,"connections":..,"position":{..}|null},..]} */
+    pv_reset(c);
+    const char *q = p, *end = p + n;
+    while (json_str(q, (size_t)(end - q), "userId", &uid, &ul)) {
+      pv_apply(c, uid, ul, 1);
+      q = uid + ul;
+    }
+  } else if (tl == 11 && !memcmp(t, "user_joined", 11)) {
+    if (json_str(p, n, "userId", &uid, &ul)) pv_apply(c, uid, ul, 1);
+    else pv_bad++;
+  } else if (tl == 9 && !memcmp(t, "user_left", 9)) {
+    if (json_str(p, n, "userId", &uid, &ul)) pv_apply(c, uid, ul, 0);
+    else pv_bad++;
+  } else if (tl == 17 && !memcmp(t, "user_role_changed", 17)) {
+  } else {
+    return 0;
+  }
+  pv_frames++;
+  pv_bytes += n;
+  pv_check(c);
+  return 1;
+}
+
 static void on_message(conn_t *c, const char *p, size_t n) {
   if (c->state == ST_WAIT_CONNECTED) {
     const char *t, *org;
@@ -561,8 +675,10 @@ static void on_message(conn_t *c, const char *p, size_t n) {
     uint64_t now = mono_us();
     h_add(&h_hs, now - c->t_start);
     t_storm_end = now;
+    if (views) pv_check(c);
     return;
   }
+  if (views && on_presence(c, p, n)) return;
   if (batched) {
     const char *t;
     size_t tl;
@@ -1202,12 +1318,17 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--seed")) opt_seed = strtoull(v, NULL, 0);
     else if (!strcmp(a, "--ports")) { if (!(n_client_ports = parse_ports(v, client_ports))) usage(); }
     else if (!strcmp(a, "--notify-ports")) { if (!(n_notify_ports = parse_ports(v, notify_ports))) usage(); }
-    else usage();
+    else if (!strcmp(a, "--presence")) {
+      if (!strcmp(v, "diff")) opt_presence_diff = 1;
+      else if (strcmp(v, "plain")) usage();
+    } else usage();
   }
   const char *sc = opt_scenario;
   int is_s1 = !strcmp(sc, "s1"), is_s2 = !strcmp(sc, "s2"), is_s3 = !strcmp(sc, "s3"), is_s4 = !strcmp(sc, "s4"),
       is_s5 = !strcmp(sc, "s5");
   if (!strcmp(sc, "s2b")) is_s2 = batched = 1; /* s2b is s2 on batched connections */
+  if (!strcmp(sc, "s6")) is_s5 = views = 1;     /* s6 is s5, then every view complete */
+  if (opt_presence_diff && !views) usage();
   if (opt_port <= 0 && n_client_ports > 0) opt_port = client_ports[0];
   if (!n_client_ports && opt_port > 0) client_ports[n_client_ports++] = opt_port;
   if (!n_notify_ports && opt_port > 0) notify_ports[n_notify_ports++] = opt_port;
@@ -1258,6 +1379,16 @@ int main(int argc, char **argv) {
     if (!user_name || !user_hash || !pb_heard) fatal("out of memory");
   }
 
+  if (views) {
+    pv_stride = ((size_t)opt_n + 7) / 8;
+    pv_bits = calloc((size_t)opt_n, pv_stride);
+    pv_count = calloc((size_t)opt_n, sizeof *pv_count);
+    pv_done = calloc((size_t)opt_n, 1);
+    if (!pv_bits || !pv_count || !pv_done) fatal("out of memory");
+    /* the diff contract lists the client's own user, the plain one does not */
+    pv_expected = opt_presence_diff ? opt_n : opt_n - 1;
+  }
+
   /* ---- connect (this is all of S5) ---- */
   sample_t c0, c1, w0, w1;
   take_sample(&c0);
@@ -1266,6 +1397,15 @@ int main(int argc, char **argv) {
   double storm_s = (double)(t_storm_end - t_storm0) / 1e6;
   int ready_after_connect = n_ready;
   fprintf(stderr, "wsgen: %d/%d clients ready in %.2f s, %d org(s)\n", n_ready, opt_n, storm_s, n_orgs);
+  if (views) {
+    /* the rest of the join storm: until every client's view is the whole org */
+    uint64_t deadline = t_storm0 + (uint64_t)(opt_ready_timeout * 1e6), t;
+    while (pv_complete < n_ready && (t = mono_us()) < deadline)
+      wait_events((int64_t)(deadline - t < 20000 ? deadline - t : 20000));
+    take_sample(&c1);
+    fprintf(stderr, "wsgen: %d/%d views complete in %.2f s\n", pv_complete, n_ready,
+            t_view_end > t_storm0 ? (double)(t_view_end - t_storm0) / 1e6 : 0.0);
+  }
   if (is_s1 && n_orgs > 1) fprintf(stderr, "wsgen: warning: s1 expects one org, tokens span %d\n", n_orgs);
 
   double window_s = 0, drain_s = 0;
@@ -1364,7 +1504,8 @@ int main(int argc, char **argv) {
   /* ---------------------------------------------------------------- report */
   uint64_t errors = e_connect + e_http_status + e_http401 + e_accept + e_subproto + e_protocol + e_closed + e_eof + e_io +
                     e_not_connected + e_pub + notify_http_err + rx_error_frames + pb_unbatched_frames +
-                    (pubs_up ? 0 : 1);
+                    (pubs_up ? 0 : 1) + (uint64_t)(views ? opt_n - pv_complete : 0) + pv_unknown + pv_bad +
+                    pv_doubled + pv_missing_leave;
   printf("{\"scenario\":\"%s\",\"n\":%d,\"ready\":%d,\"ready_at_end\":%d,\"orgs\":%d,", sc, opt_n, ready_after_connect,
          n_ready, n_orgs);
   printf("\"connect\":{\"seconds\":%.3f,\"per_s\":%.1f,\"inflight\":%d,", storm_s,
@@ -1373,6 +1514,15 @@ int main(int argc, char **argv) {
   printf(",");
   cpu_json(&c0, &c1);
   printf("}");
+  if (views) {
+    uint64_t end = t_view_end > t_storm_end ? t_view_end : t_storm_end;
+    printf(",\"view\":{\"presence\":\"%s\",\"seconds\":%.3f,\"complete\":%d,\"expected_users\":%d,"
+           "\"frames\":%llu,\"bytes\":%llu,\"unknown_users\":%llu,\"bad_frames\":%llu,\"doubled_joins\":%llu,"
+           "\"leaves_of_unlisted\":%llu}",
+           opt_presence_diff ? "diff" : "plain", (double)(end - t_storm0) / 1e6, pv_complete, pv_expected,
+           (unsigned long long)pv_frames, (unsigned long long)pv_bytes, (unsigned long long)pv_unknown,
+           (unsigned long long)pv_bad, (unsigned long long)pv_doubled, (unsigned long long)pv_missing_leave);
+  }
   if (!is_s5) {
     printf(",\"window_s\":%.3f", window_s);
     if (window_s > 0) {

@@ -20,7 +20,8 @@ BENCH = ROOT / "bench"
 def test_bench_smoke(tmp_path: Path) -> None:
     """A smoke run of every scenario delivers frames with no errors, and S1's client counts equal the server's delivered sums.
 
-    S2b (batched positions) loses no entry and every client hears every other user.
+    S2b (batched positions) loses no entry and every client hears every other user;
+    in S6 (join storm) every client's view of who is online ends up right.
     """
     if shutil.which("gcc") is None or shutil.which("make") is None:
         pytest.fail(
@@ -46,7 +47,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert {r["scenario"] for r in records} == {"s1", "s2", "s2b", "s3", "s4", "s5"}
+    assert {r["scenario"] for r in records} == {
+        "s1",
+        "s2",
+        "s2b",
+        "s3",
+        "s4",
+        "s5",
+        "s6",
+    }
+    assert {r["load"] for r in records if r["scenario"] == "s6"} == {"plain", "diff"}
     for r in records:
         assert "failed" not in r, r
         assert r["server_alive"], r["scenario"]
@@ -74,6 +84,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
             assert batched["bad_entries"] == batched["unknown_users"] == 0, batched
         if r["scenario"] == "s3":
             assert r["kb_per_conn"] is not None
+        if r["scenario"] == "s6":
+            # Every client's folded view of who is online is the whole org.
+            view = r["view"]
+            assert view["complete"] == r["n"], view
+            assert view["expected_users"] == r["n"] - (r["load"] == "plain"), view
+            assert view["frames"] > 0, view
     assert (tmp_path / "results.md").read_text().startswith("# Benchmark results")
 
 
