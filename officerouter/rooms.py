@@ -71,6 +71,13 @@ from officerouter.tally import Tally
 
 log = Logger()
 
+#: Presence diffs go out every position tick, unless that would write more than
+#: this many ``presence_diff`` frames a second in one org: then every
+#: ``diffed connections / PRESENCE_FRAMES_PER_SECOND`` seconds (5 000 connections:
+#: 250 ms).  In a join storm every tick has news for everyone, and each frame
+#: written costs the process a system call and some Python (about 10 µs).
+PRESENCE_FRAMES_PER_SECOND = 20_000
+
 
 class Connection(TypingProtocol):
     """What a room needs of a connection.  Implementations never raise."""
@@ -237,6 +244,7 @@ class OrgRoom:
         self._diff_view: dict[str, str] | None = None
         self._diff_touched: dict[str, None] = {}
         self._diff_gone: set[str] = set()
+        self._presence_call: IDelayedCall | None = None
         self._tick_call: IDelayedCall | None = None
         self._presence = PresenceTracker(clock, presence_grace, self._announce_left)
         # Roles the backend set: held for users without a connection, and the
@@ -638,7 +646,7 @@ class OrgRoom:
             self._announced[key] = session
         elif key not in self._diffed:
             self._awaiting[key] = session
-            self._schedule_tick()
+            self._schedule_presence()
 
     def _dismiss(self, session: Session) -> None:
         key = session.connection_id
@@ -663,7 +671,19 @@ class OrgRoom:
         self._diff_touched[user_id] = None
         if gone:
             self._diff_gone.add(user_id)
-        self._schedule_tick()
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        if self._presence_call is None:
+            interval = max(
+                self._position_tick, len(self._diffed) / PRESENCE_FRAMES_PER_SECOND
+            )
+            self._presence_call = self._clock.callLater(interval, self._presence_tick)
+
+    def _presence_tick(self) -> None:
+        self._presence_call = None
+        self._deliver_events()
+        self._tell_presence()
 
     def _current_view(self) -> dict[str, str]:
         """Who is online now, with their role, in the order of :meth:`presence`."""
@@ -752,12 +772,10 @@ class OrgRoom:
         self._schedule_tick()
 
     def _tick(self) -> None:
-        """Send the tick's presence diff (and states) and its positions to the
-        connections that opted in, each encoded once, and (with a shared
-        backplane) this process's moves to the others."""
+        """Send the tick's positions to every batched connection, encoded once,
+        and (with a shared backplane) this process's moves to the others."""
         self._tick_call = None
         self._deliver_events()
-        self._tell_presence()
         if self._moves:
             moves, self._moves = list(self._moves.items()), {}
             entries = []
@@ -1060,6 +1078,9 @@ class OrgRoom:
             self._tick_call.cancel()
         self._tick_call = None
         self._tick_positions.clear()
+        if self._presence_call is not None and self._presence_call.active():
+            self._presence_call.cancel()
+        self._presence_call = None
         self._awaiting.clear()
         self._diffed.clear()
         self._announced.clear()

@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from officerouter.backplane import RemoteEntry
 from officerouter.messages import ClientMessage, PositionUpdate
 from officerouter.registry import OrgRegistry
-from officerouter.rooms import OrgRoom, Session
+from officerouter.rooms import PRESENCE_FRAMES_PER_SECOND, OrgRoom, Session
 
 from .fakes import FakeBackplane, FakeConnection, ban, identity, make_registry
 from .fakes import role_change as role_change_to
@@ -198,6 +198,24 @@ def test_snapshot_and_diffs_agree_under_joins_in_every_tick(registry, clock):
     assert room is not None
     for connection in connections:
         assert fold(connection) == online(room)
+
+
+def test_diffs_slow_down_for_a_crowd(clock):
+    """With more diffed connections than a tick may write to at the frame budget,
+    diffs come less often: no more than the budget of frames a second."""
+    registry = make_registry(clock, presence_grace=GRACE, position_tick=TICK)
+    crowd = int(PRESENCE_FRAMES_PER_SECOND * TICK * 2)
+    watchers = [join(registry, f"u{i}")[0] for i in range(crowd)]
+    clock.advance(TICK)
+    assert all(len(w.frames) == 2 for w in watchers), "the state came at the tick"
+    join(registry, "late", diff=False)
+    clock.advance(TICK)
+    assert len(watchers[0].frames) == 2, "no diff after one tick"
+    clock.advance(TICK)
+    assert watchers[0].frames[-1] == {
+        "type": "presence_diff",
+        "payload": {"joins": {"member": ["late"]}},
+    }
 
 
 # ---------------------------------------------------------------- leaves and roles
