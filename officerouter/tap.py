@@ -312,7 +312,8 @@ class Options(usage.Options):
             "position-tick",
             None,
             0.05,
-            "Seconds between positions frames for clients with ?positions=batched.",
+            "Seconds between positions frames for clients with ?positions=batched, "
+            "and between presence diffs for clients with ?presence=diff.",
             _number("position-tick", 0.005),
         ],
         [
