@@ -33,6 +33,8 @@ from officerouter.messages import (
     Positions,
     Presence,
     PresenceAnswer,
+    PresenceDiff,
+    PresenceState,
     PresenceUser,
     Text,
     TokenRefreshed,
@@ -51,6 +53,8 @@ ROUTER_FRAMES: Final[Mapping[str, type]] = {
     "user_left": UserLeft,
     "user_role_changed": UserRoleChanged,
     "positions": Positions,
+    "presence_state": PresenceState,
+    "presence_diff": PresenceDiff,
     "token_refreshed": TokenRefreshed,
     "error": ErrorPayload,
 }
@@ -591,12 +595,21 @@ def openapi(catalog: Mapping[str, MessageSpec]) -> dict[str, Any]:
                 "description": "`batched`: one `positions` frame per tick.",
                 "schema": {"enum": ["batched", ""]},
             },
+            {
+                "name": "presence",
+                "in": "query",
+                "required": False,
+                "description": "`diff`: `presence_state`, then one `presence_diff` "
+                "frame per tick.",
+                "schema": {"enum": ["diff", ""]},
+            },
         ],
         "responses": {
             "101": {"description": "Switching Protocols: the WebSocket is open."},
             "400": {
                 **refusal,
-                "description": "Not a valid handshake, or a bad `positions`.",
+                "description": "Not a valid handshake, or a bad `positions` or "
+                "`presence`.",
             },
             "401": {**refusal, "description": "No token, or a token refused."},
             "403": {**refusal, "description": "Origin not allowed, or banned."},
@@ -695,6 +708,7 @@ def asyncapi(catalog: Mapping[str, MessageSpec]) -> dict[str, Any]:
                             "properties": {
                                 "since": {"type": "string"},
                                 "positions": {"enum": ["batched", ""]},
+                                "presence": {"enum": ["diff", ""]},
                             },
                         },
                         "headers": {

@@ -94,6 +94,28 @@ export interface PositionsFrame {
   payload: PositionsPayload;
 }
 
+/** The payload of `presence_state` (`?presence=diff`): everyone online, the connection's own user included, as user ids by role; and the last position of those who have one. Empty fields are left out. */
+export interface PresenceStatePayload {
+  users?: Record<string, string[]>;
+  positions?: Record<string, PositionUpdate>;
+}
+
+export interface PresenceStateFrame {
+  type: "presence_state";
+  payload: PresenceStatePayload;
+}
+
+/** The payload of `presence_diff`: one tick's changes to who is online. */
+export interface PresenceDiffPayload {
+  joins?: Record<string, string[]>;
+  leaves?: string[];
+}
+
+export interface PresenceDiffFrame {
+  type: "presence_diff";
+  payload: PresenceDiffPayload;
+}
+
 /** The payload of `token_refreshed`: the connection now lasts until `expiresAt`. */
 export interface TokenRefreshedPayload {
   expiresAt: number;
@@ -326,7 +348,7 @@ export interface GuestKnockDirectNotification {
 }
 
 /** Every frame the router sends to a client. */
-export type ServerFrame = ConnectedFrame | PresenceFrame | UserJoinedFrame | UserLeftFrame | UserRoleChangedFrame | PositionsFrame | TokenRefreshedFrame | ErrorFrame | RoomUpdatedFrame | SpaceDeletedFrame | UserUpdatedFrame | UserBannedFrame | UserDisconnectedFrame | AdminTestFrame | GuestKnockFrame | PositionUpdateFrame;
+export type ServerFrame = ConnectedFrame | PresenceFrame | UserJoinedFrame | UserLeftFrame | UserRoleChangedFrame | PositionsFrame | PresenceStateFrame | PresenceDiffFrame | TokenRefreshedFrame | ErrorFrame | RoomUpdatedFrame | SpaceDeletedFrame | UserUpdatedFrame | UserBannedFrame | UserDisconnectedFrame | AdminTestFrame | GuestKnockFrame | PositionUpdateFrame;
 
 /** Every frame a client may send. */
 export type ClientFrame = PositionUpdateClientFrame | RefreshTokenFrame;
