@@ -95,8 +95,13 @@ SCHEMA_FILES: Final = {
 def _schema(args: argparse.Namespace) -> int:
     catalog = build_catalog()
     if args.write is not None:
-        for name, make in SCHEMA_FILES.items():
-            (args.write / name).write_bytes(dumps_document(make(catalog)))
+        try:
+            args.write.mkdir(parents=True, exist_ok=True)
+            for name, make in SCHEMA_FILES.items():
+                (args.write / name).write_bytes(dumps_document(make(catalog)))
+        except OSError as e:
+            print(f"officerouter: --write: {e}", file=sys.stderr)
+            return 1
         return 0
     if args.typescript:
         sys.stdout.write(schema.typescript(catalog))

@@ -114,8 +114,8 @@ async def receive(client: Client, wanted: set[str]) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_every_frame_a_client_receives_is_in_the_schema(router: Router, token):
-    """Frames of every kind the router sends (connected, presence events,
-    relays, batched positions, notifications, errors, token_refreshed) validate
+    """Frames of every kind the router sends (connected, presence events and
+    diffs, relays, batched positions, notifications, errors, token_refreshed) validate
     against ServerFrame."""
     validator = jsonschema.Draft202012Validator(
         {**schema.json_schema(BUILTIN), "$ref": "#/$defs/ServerFrame"}
@@ -125,6 +125,9 @@ async def test_every_frame_a_client_receives_is_in_the_schema(router: Router, to
         token("bob", "org-a"), full=True, query="?positions=batched"
     )
     gus = await router.connect(token("gus", "org-a", "pending_guest"), full=True)
+    dora = await router.connect(
+        token("dora", "org-a"), full=True, query="?presence=diff"
+    )
     bob.send_json({"type": "position_update", "payload": {"x": 1, "y": 2.5}})
     alice.send_json(
         {"type": "position_update", "payload": {"x": 3, "y": 4, "roomId": "hall"}}
@@ -164,8 +167,9 @@ async def test_every_frame_a_client_receives_is_in_the_schema(router: Router, to
     )
     await receive(bob, {"user_updated", "user_left"})
     await receive(gus, {"presence", "user_updated"})
+    await receive(dora, {"presence_state", "presence_diff"})
     kinds = set()
-    for client in (alice, bob, gus):
+    for client in (alice, bob, gus, dora):
         for raw in client.raw:
             frame = json.loads(raw)
             validator.validate(frame)

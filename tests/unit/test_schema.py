@@ -168,6 +168,21 @@ def test_write_puts_every_document_in_a_directory(tmp_path):
         assert (tmp_path / name).read_bytes() == (ROOT / "docs" / name).read_bytes()
 
 
+def test_write_makes_the_directory_or_says_in_one_line_why_it_cannot(tmp_path, capsys):
+    """A missing directory is made; one that cannot be (a file is in the way) is
+    one line and status 1, not a traceback."""
+    assert main(["schema", "--write", str(tmp_path / "new" / "docs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "new" / "docs").iterdir()) == sorted(
+        SCHEMA_FILES
+    )
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert main(["schema", "--write", str(tmp_path / "file" / "docs")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("officerouter: --write: ")
+    assert err.count("\n") == 1
+
+
 def test_typescript_names_every_frame_and_the_unions():
     """Every frame is an interface PascalCase(type)+"Frame" with a string-literal
     ``type`` and a ``PascalCase(type)+"Payload"`` payload; the unions name them."""
