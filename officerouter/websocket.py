@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ISystemHandle,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -531,6 +532,16 @@ class OfficeServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._leave()
         self.factory.live.discard(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn resolves ``is_closed`` with the protocol itself, so a closed
+        # connection and its fired Deferred refer to each other and wait for a
+        # full collection, which officerouter.gctune makes rare (and never
+        # reaches once they are frozen).  Nothing waits on it any more: the
+        # callbacks ran when it fired.  Dropping it lets reference counting
+        # free the connection as it closes.
+        self.is_closed = None
 
     def _leave(self) -> None:
         """Leave the room and free the queue; idempotent."""
