@@ -7,7 +7,8 @@ Run with the Python of the virtualenv the server is installed in.  Before
 twistd starts, a callback on ``gc.callbacks`` notes ``time.perf_counter()`` at
 each collection's ``start`` and the duration at its ``stop``.  The summary (per
 generation: collections, objects collected, max and p50/p99/p99.9 of the pauses
-in ms; the ten longest with their time since start; ``gc.get_freeze_count()``) is
+in ms, wall clock; the max and p99 of their CPU time, which leaves out the time
+the process waited for its core; the ten longest with their time since start; ``gc.get_freeze_count()``) is
 written to ``FILE`` as JSON when the reactor begins to shut down, at exit, and on
 SIGUSR1 (``FILE`` is rewritten each time).
 
@@ -46,17 +47,23 @@ class Recorder:
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.collected = [0, 0, 0]
         self.longest: list[tuple[float, float, int]] = []
+        #: CPU time of each pause (thread time): what the collection itself
+        #: cost, without the time the process waited for its core.
+        self.cpu: list[float] = []
         self._start = 0.0
+        self._start_cpu = 0.0
         self.paused = False
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
+            self._start_cpu = time.thread_time()
             return
         if self.paused:
             return
         now = time.perf_counter()
         ms = (now - self._start) * 1000.0
+        self.cpu.append((time.thread_time() - self._start_cpu) * 1000.0)
         gen = info["generation"]
         self.pauses[gen].append(ms)
         self.collected[gen] += info.get("collected", 0)
@@ -79,6 +86,8 @@ class Recorder:
             "p50_ms": pct(every, 0.50),
             "p99_ms": pct(every, 0.99),
             "p999_ms": pct(every, 0.999),
+            "max_cpu_ms": round(max(self.cpu), 3) if self.cpu else None,
+            "p99_cpu_ms": pct(self.cpu, 0.99),
             "by_generation": {
                 str(gen): {
                     "collections": len(values),

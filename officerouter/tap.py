@@ -32,6 +32,7 @@ from officerouter.config import (
     has_verify_keys,
     load_settings,
 )
+from officerouter.gctune import GcPolicy
 from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
 from officerouter.inflight import InFlight
@@ -136,6 +137,12 @@ class Options(usage.Options):
             "no-direct-writes",
             None,
             "Write only through Twisted's transport buffer (see docs/benchmarks.md).",
+        ],
+        [
+            "no-gc-freeze",
+            None,
+            "Leave the garbage collector as Python sets it (long pauses with many "
+            "connections; see docs/configuration.md).",
         ],
         [
             "auto-knock",
@@ -283,6 +290,14 @@ class Options(usage.Options):
             1.0,
             "glibc: seconds between returning freed memory to the system (0: never).",
             _number("malloc-trim-interval", 0),
+        ],
+        [
+            "gc-full-interval",
+            None,
+            0.0,
+            "Seconds between full garbage collections of frozen objects too, one "
+            "long pause each (0: never).",
+            _number("gc-full-interval", 0),
         ],
         [
             "position-tick",
@@ -920,6 +935,11 @@ def makeService(options: usage.Options) -> service.IService:
     trim = malloc_trimmer() if options["malloc-trim-interval"] > 0 else None
     if trim is not None:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
+    if not options["no-gc-freeze"]:
+        # Last: started once the listener is, so start-up is frozen with it.
+        GcPolicy(reactor, full_interval=options["gc-full-interval"]).setServiceParent(
+            top
+        )
     if options["dev"]:
         sys.stdout.flush()
         sys.stderr.flush()

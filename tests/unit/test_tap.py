@@ -22,6 +22,7 @@ from twisted.python.reflect import namedAny
 from officerouter import logs, tap
 from officerouter.auth import TokenVerifier, sign_token
 from officerouter.config import ConfigError
+from officerouter.gctune import GcPolicy
 
 #: Every variable the daemon reads; tests that touch os.environ clear them all.
 CONFIG_VARIABLES = (
@@ -400,6 +401,34 @@ def test_make_service_trims_memory_on_a_timer(valid_env_file, interval, timers):
     found = [c for c in top if isinstance(c, TimerService)]
     expected = timers if platform.libc_ver()[0] == "glibc" else []
     assert [c.step for c in found] == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "policies"),
+    [
+        ((), [(0.0, True)]),
+        (("--gc-full-interval", "3600"), [(3600.0, True)]),
+        (("--no-gc-freeze",), []),
+    ],
+)
+def test_make_service_sets_the_gc_policy(valid_env_file, args, policies):
+    """The garbage-collection policy starts last, after the listener; --no-gc-freeze drops it."""
+    top = tap.makeService(
+        parse(
+            "--env-file",
+            str(valid_env_file),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            *args,
+        )
+    )
+    children = list(top)
+    found = [
+        (c._full_interval, c is children[-1])
+        for c in children
+        if isinstance(c, GcPolicy)
+    ]
+    assert found == policies
 
 
 def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
