@@ -5,7 +5,8 @@
 
 Run with the Python of the virtualenv the server is installed in.  Before
 twistd starts, a callback on ``gc.callbacks`` notes ``time.perf_counter()`` at
-each collection's ``start`` and the duration at its ``stop``.  The summary (per
+each collection's ``start`` and the duration at its ``stop``, until the reactor
+begins to shut down.  The summary (per
 generation: collections, objects collected, max and p50/p99/p99.9 of the pauses
 in ms, wall clock; the max and p99 of their CPU time, which leaves out the time
 the process waited for its core; the ten longest with their time since start; ``gc.get_freeze_count()``) is
@@ -46,7 +47,7 @@ class Recorder:
     def __init__(self) -> None:
         self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         self.collected = [0, 0, 0]
-        self.longest: list[tuple[float, float, int]] = []
+        self.longest: list[tuple[float, float, float, int]] = []
         #: CPU time of each pause (thread time): what the collection itself
         #: cost, without the time the process waited for its core.
         self.cpu: list[float] = []
@@ -63,12 +64,13 @@ class Recorder:
             return
         now = time.perf_counter()
         ms = (now - self._start) * 1000.0
-        self.cpu.append((time.thread_time() - self._start_cpu) * 1000.0)
+        cpu = (time.thread_time() - self._start_cpu) * 1000.0
+        self.cpu.append(cpu)
         gen = info["generation"]
         self.pauses[gen].append(ms)
         self.collected[gen] += info.get("collected", 0)
         if len(self.longest) < 10 or ms > self.longest[-1][0]:
-            self.longest.append((ms, now - T0, gen))
+            self.longest.append((ms, cpu, now - T0, gen))
             self.longest.sort(reverse=True)
             del self.longest[10:]
 
@@ -100,8 +102,13 @@ class Recorder:
                 for gen, values in self.pauses.items()
             },
             "longest": [
-                {"ms": round(ms, 3), "at_s": round(at, 1), "generation": gen}
-                for ms, at, gen in self.longest
+                {
+                    "ms": round(ms, 3),
+                    "cpu_ms": round(cpu, 3),
+                    "at_s": round(at, 1),
+                    "generation": gen,
+                }
+                for ms, cpu, at, gen in self.longest
             ],
             "frozen": gc.get_freeze_count(),
             "threshold": list(gc.get_threshold()),
@@ -223,7 +230,13 @@ def main() -> None:
         result = audit_garbage(recorder)
         a.out.with_suffix(".garbage.json").write_text(json.dumps(result, indent=1))
 
-    atexit.register(dump)
+    def stopping() -> None:
+        # What the daemon does while it stops (close every connection, hand
+        # frozen objects back) is not serving anyone: not recorded.
+        dump()
+        recorder.paused = True
+
+    atexit.register(lambda: None if recorder.paused else dump())
 
     from twisted.internet import reactor
 
@@ -236,7 +249,7 @@ def main() -> None:
             )
 
     reactor.callWhenRunning(install)
-    reactor.addSystemEventTrigger("before", "shutdown", dump)
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
 
     from twisted.scripts.twistd import run
 

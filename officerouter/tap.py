@@ -931,15 +931,16 @@ def makeService(options: usage.Options) -> service.IService:
     RouterService(
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
+    if not options["no-gc-freeze"]:
+        # Started after the registry and the store, just before listening: what
+        # start-up built is frozen before the first client arrives.
+        GcPolicy(reactor, full_interval=options["gc-full-interval"]).setServiceParent(
+            top
+        )
     (listener if link is None else listen).setServiceParent(top)
     trim = malloc_trimmer() if options["malloc-trim-interval"] > 0 else None
     if trim is not None:
         TimerService(options["malloc-trim-interval"], trim).setServiceParent(top)
-    if not options["no-gc-freeze"]:
-        # Last: started once the listener is, so start-up is frozen with it.
-        GcPolicy(reactor, full_interval=options["gc-full-interval"]).setServiceParent(
-            top
-        )
     if options["dev"]:
         sys.stdout.flush()
         sys.stderr.flush()

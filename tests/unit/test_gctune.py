@@ -27,6 +27,7 @@ def collector() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.enable()
         gc.unfreeze()
         gc.set_threshold(*threshold)
         gc.callbacks[:] = callbacks
@@ -97,21 +98,62 @@ def test_a_frozen_cycle_waits_for_the_periodic_full_collection():
     del node
     gc.collect()
     assert held() is not None, "frozen: out of the collector's reach"
-    clock.advance(599)
-    assert held() is not None
+    clock.pump([1] * 599)
+    assert held() is not None, "sweeps leave frozen objects alone"
     clock.advance(1)
     assert held() is None
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [1200]
+    assert 1200 in [call.getTime() for call in clock.getDelayedCalls()]
     policy.stopService()
     assert clock.getDelayedCalls() == []
 
 
-def test_no_periodic_collection_by_default():
-    """Without an interval nothing is scheduled."""
+def test_no_periodic_collection_of_frozen_objects_by_default():
+    """Without --gc-full-interval only the sweep is scheduled."""
     clock = Clock()
     policy = GcPolicy(clock)
     policy.startService()
-    assert clock.getDelayedCalls() == []
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]
+    policy.stopService()
+
+
+def test_a_sweep_collects_and_freezes_what_reached_the_oldest_generation():
+    """Objects promoted by a younger collection are collected or frozen at the next sweep."""
+    clock = Clock()
+    policy = GcPolicy(clock)
+    policy.startService()
+    gc.disable()  # only the collections this test asks for
+    kept = [Node()]
+    held = [cycle()]
+    gone = held[0]
+    node = gone()
+    gc.collect(0)
+    gc.collect(1)
+    del node, held  # garbage now, in the oldest generation
+    assert tracked(kept)
+    assert gone() is not None
+    clock.advance(1)
+    assert not tracked(kept)
+    assert gone() is None
+    policy.stopService()
+
+
+def test_a_sweep_with_nothing_new_collects_nothing():
+    """No younger collection since the last full one: the sweep does not collect."""
+    clock = Clock()
+    policy = GcPolicy(clock)
+    policy.startService()
+    seen: list[int] = []
+    gc.disable()  # only the collections this test asks for
+    gc.collect()
+    gc.callbacks.append(
+        lambda phase, info: seen.append(info["generation"]) if phase == "stop" else None
+    )
+    gc.collect(0)
+    clock.advance(1)
+    assert seen == [0]
+    gc.collect(1)
+    clock.advance(1)
+    assert seen == [0, 1, 2]
     policy.stopService()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import socket
@@ -412,7 +413,7 @@ def test_make_service_trims_memory_on_a_timer(valid_env_file, interval, timers):
     ],
 )
 def test_make_service_sets_the_gc_policy(valid_env_file, args, policies):
-    """The garbage-collection policy starts last, after the listener; --no-gc-freeze drops it."""
+    """The garbage-collection policy starts just before the listener; --no-gc-freeze drops it."""
     top = tap.makeService(
         parse(
             "--env-file",
@@ -424,8 +425,8 @@ def test_make_service_sets_the_gc_policy(valid_env_file, args, policies):
     )
     children = list(top)
     found = [
-        (c._full_interval, c is children[-1])
-        for c in children
+        (c._full_interval, isinstance(after, StreamServerEndpointService))
+        for c, after in itertools.pairwise(children)
         if isinstance(c, GcPolicy)
     ]
     assert found == policies
