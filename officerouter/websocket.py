@@ -57,7 +57,14 @@ from officerouter.codec import (
     encode,
 )
 from officerouter.inflight import InFlight
-from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
+from officerouter.limits import (
+    FloodGuard,
+    LagProbe,
+    Limits,
+    OriginPolicy,
+    Outbox,
+    Verdict,
+)
 from officerouter.messages import ClientMessage, RefreshToken, TokenRefreshed
 from officerouter.registry import OrgRegistry
 from officerouter.rooms import RefusedError, Session, error_frame
@@ -321,8 +328,13 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         limits = factory.limits
         self._outbox = Outbox(limits.soft_buffer_bytes, limits.hard_buffer_bytes)
         self._guard = FloodGuard(
-            limits.rate, limits.burst, limits.flood_seconds, factory.clock.seconds
+            limits.rate,
+            limits.burst,
+            limits.flood_seconds,
+            factory.clock.seconds,
+            lag=factory.lag_probe.lag,
         )
+        factory.lag_probe.attach()
         transport: Any = self.transport
         if limits.socket_send_buffer:
             _set_send_buffer(transport, limits.socket_send_buffer)
@@ -378,6 +390,14 @@ class OfficeServerProtocol(WebSocketServerProtocol):
                 setattr(self, name, None)
 
     # ------------------------------------------------------------ messages
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn parses every frame of this read before returning: the flood
+        # guard charges them by when they could have arrived, not by when each
+        # is handled (which, when the process is behind, is all at once).
+        if self._guard is not None:
+            self._guard.read()
+        super().dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
@@ -550,6 +570,9 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             expiry.cancel()
         if self._outbox is not None:
             self._outbox.clear()
+        if self._guard is not None:
+            self._guard = None
+            self.factory.lag_probe.detach()
         session, self._session = self._session, None
         if session is not None:
             self.factory.registry.disconnect(session)
@@ -694,6 +717,9 @@ class OfficeServerFactory(WebSocketServerFactory):
         self.limits = limits
         self.origins = origins or OriginPolicy(())
         self.flusher = _Flusher(clock)
+        #: How late the reactor has been: how far back the flood guard may
+        #: charge the frames of a late read (runs while a connection is open).
+        self.lag_probe = LagProbe(clock)
         #: Close each connection when its token expires (``--token-expiry``),
         #: this many seconds after ``exp`` (``--token-expiry-grace``).
         self.token_expiry_enforced = token_expiry_enforced
