@@ -13,6 +13,10 @@ the process waited for its core; the ten longest with their time since start; ``
 written to ``FILE`` as JSON when the reactor begins to shut down, at exit, and on
 SIGUSR1 (``FILE`` is rewritten each time).
 
+SIGHUP times one full collection (``gc.collect()``) apart from the recorded
+pauses and writes the summary with ``probe_full_ms`` and ``probe_full_cpu_ms``:
+what a full collection costs at that moment, frozen objects not walked.
+
 ``--no-auto-gc`` turns automatic collection off, so that cycles pile up for
 the audit.  ``--garbage`` adds an audit on SIGUSR2: unfreeze, collect everything with
 ``gc.DEBUG_SAVEALL`` and write the types of the objects that only cyclic
@@ -223,6 +227,20 @@ def main() -> None:
     def dump(*_: Any) -> None:
         a.out.write_text(json.dumps(recorder.summary(), indent=1) + "\n")
 
+    def probe(*_: Any) -> None:
+        # What a full collection costs now, with whatever the process holds
+        # (frozen objects are not walked): timed apart from the pauses.
+        summary = recorder.summary()
+        recorder.paused = True
+        try:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            gc.collect()
+            summary["probe_full_ms"] = round((time.perf_counter() - wall) * 1000, 3)
+            summary["probe_full_cpu_ms"] = round((time.thread_time() - cpu) * 1000, 3)
+        finally:
+            recorder.paused = False
+        a.out.write_text(json.dumps(summary, indent=1) + "\n")
+
     def dump_garbage(*_: Any) -> None:
         # The pause this audit causes would be kept by the collection that
         # runs it, so the pauses are written first.
@@ -243,6 +261,7 @@ def main() -> None:
     def install() -> None:
         # After twistd's own set-up, which may claim signals.
         signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(dump))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(probe))
         if a.garbage:
             signal.signal(
                 signal.SIGUSR2, lambda *_: reactor.callFromThread(dump_garbage)

@@ -10,7 +10,7 @@ import pytest
 
 from twisted.internet.task import Clock
 
-from officerouter.gctune import GcPolicy
+from officerouter.gctune import SWEEP_INTERVAL, GcPolicy
 
 
 class Node:
@@ -98,7 +98,7 @@ def test_a_frozen_cycle_waits_for_the_periodic_full_collection():
     del node
     gc.collect()
     assert held() is not None, "frozen: out of the collector's reach"
-    clock.pump([1] * 599)
+    clock.pump([SWEEP_INTERVAL] * int(599 / SWEEP_INTERVAL))
     assert held() is not None, "sweeps leave frozen objects alone"
     clock.advance(1)
     assert held() is None
@@ -112,7 +112,7 @@ def test_no_periodic_collection_of_frozen_objects_by_default():
     clock = Clock()
     policy = GcPolicy(clock)
     policy.startService()
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [SWEEP_INTERVAL]
     policy.stopService()
 
 
@@ -131,7 +131,7 @@ def test_a_sweep_collects_and_freezes_what_reached_the_oldest_generation():
     del node, held  # garbage now, in the oldest generation
     assert tracked(kept)
     assert gone() is not None
-    clock.advance(1)
+    clock.advance(SWEEP_INTERVAL)
     assert not tracked(kept)
     assert gone() is None
     policy.stopService()
@@ -149,10 +149,10 @@ def test_a_sweep_with_nothing_new_collects_nothing():
         lambda phase, info: seen.append(info["generation"]) if phase == "stop" else None
     )
     gc.collect(0)
-    clock.advance(1)
+    clock.advance(SWEEP_INTERVAL)
     assert seen == [0]
     gc.collect(1)
-    clock.advance(1)
+    clock.advance(SWEEP_INTERVAL)
     assert seen == [0, 1, 2]
     policy.stopService()
 
