@@ -338,6 +338,8 @@ class ServerSpec:
     public_pem: str
     scratch: Path
     ping_off: bool = False
+    #: Start twistd through bench/gcpauses.py (``--gc-pauses``).
+    gc_pauses: bool = False
     start_timeout: float = 30.0
     settle: float = 0.5
 
@@ -423,6 +425,16 @@ class Server:
             if spec.ping_off:
                 argv += ["--ping-interval", "0"]
             argv += self.extra_args
+            if spec.gc_pauses:
+                self.gc_file.unlink(missing_ok=True)
+                argv = [
+                    str(spec.twistd.parent / "python"),
+                    str(HERE / "gcpauses.py"),
+                    "--out",
+                    str(self.gc_file),
+                    "--",
+                    *argv,
+                ]
             cwd = spec.scratch
         else:
             env.update(
@@ -445,6 +457,11 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    @property
+    def gc_file(self) -> Path:
+        """Where bench/gcpauses.py writes this server's pauses."""
+        return self.spec.scratch / f"gc-{self.port}.json"
 
     def wait_ready(self) -> Server:
         """Wait until the server accepts connections (then ``settle`` seconds)."""
@@ -922,6 +939,8 @@ def one_attempt(
         mem1 = group_memory_kb(server.pgid)
         record["server_alive"] = all(each.alive() for each in dep.servers)
     record.update(result)
+    if spec.gc_pauses and server.gc_file.exists():
+        record["gc_pauses"] = json.loads(server.gc_file.read_text())
     # SYNs or handshakes dropped because the server's accept queue was full
     # (machine-wide counters; nothing else listens on loopback at this rate).
     record["listen_overflows"] = {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in tcp1}
@@ -1065,6 +1084,13 @@ def summary(r: dict[str, Any]) -> str:
         parts.append(f"({procs})")
     if r.get("kb_per_conn") is not None:
         parts.append(f"{r['kb_per_conn']} KB/conn")
+    if r.get("gc_pauses"):
+        g = r["gc_pauses"]
+        full = g["by_generation"]["2"]
+        parts.append(
+            f"gc pauses max {g['max_ms']} ms, p99 {g['p99_ms']} ms; "
+            f"{full['collections']} full, max {full['max_ms']} ms"
+        )
     if r.get("scenario") == "s5":
         parts.append(
             f"{r['connect']['seconds']:.2f} s, handshake p99 "
@@ -1757,6 +1783,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--twistd", type=Path, default=None, help="twistd to run officerouter with"
     )
+    p.add_argument(
+        "--gc-pauses",
+        action="store_true",
+        help="start twistd through bench/gcpauses.py and record its garbage "
+        "collections' pauses (gc_pauses in each record)",
+    )
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument(
         "--reps", type=int, default=1, help="repetitions (all scenarios, then again)"
@@ -2020,6 +2052,7 @@ def main(argv: list[str] | None = None) -> int:
         if cmd is None:
             probe.join(timeout=90)
             spec.ping_off = bool(ping_off and ping_off[0])
+            spec.gc_pauses = a.gc_pauses
         log(f"server {name}: {spec.describe()}")
         specs.append(spec)
     log(f"{len(run_plans)} runs x {len(specs)} server(s) x {a.reps} rep(s) -> {a.out}")

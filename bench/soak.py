@@ -129,6 +129,10 @@ class Config:
     abort_fraction: float = 0.5
     seed: int = 0
     daemon_log: Path | None = None
+    #: Run the daemon through bench/gcpauses.py with automatic collection off,
+    #: and after the settle time name every object only a cyclic collection
+    #: would free (``gc_audit`` in the summary; check ``no_connection_cycles``).
+    gc_audit: bool = False
 
 
 @dataclass
@@ -683,10 +687,28 @@ class Poller:
 # --------------------------------------------------------------------- the run
 
 
-def twistd_argv(port: int, env_file: Path) -> list[str]:
-    """The command line of the installed daemon."""
+#: Types of these modules in the audit's cyclic garbage are a closed
+#: connection (or request) that reference counting did not free.
+CONNECTION_MODULES = ("officerouter.", "autobahn.", "twisted.internet.", "twisted.web.")
+
+
+def twistd_argv(port: int, env_file: Path, gc_file: Path | None = None) -> list[str]:
+    """The command line of the installed daemon (through bench/gcpauses.py
+    with ``gc_file``)."""
     twistd = Path(sys.executable).parent / "twistd"
+    wrapper: list[str] = []
+    if gc_file is not None:
+        wrapper = [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "gcpauses.py"),
+            "--out",
+            str(gc_file),
+            "--garbage",
+            "--no-auto-gc",
+            "--",
+        ]
     return [
+        *wrapper,
         str(twistd),
         "-n",
         "--pidfile=",
@@ -715,6 +737,25 @@ async def wait_ready(run: Run, pool: HTTPConnectionPool, proc: Any, log: Path) -
             if time.monotonic() > deadline:
                 raise
         await sleep(run.reactor, 0.1)
+
+
+async def gc_audit(reactor: Any, pid: int, gc_file: Path) -> dict[str, Any]:
+    """Ask the daemon's gcpauses.py wrapper to name its cyclic garbage."""
+    garbage = gc_file.with_suffix(".garbage.json")
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not garbage.exists() and time.monotonic() < deadline:
+        await sleep(reactor, 0.2)
+    if not garbage.exists():
+        return {"error": "no audit written"}
+    await sleep(reactor, 0.2)
+    audit = json.loads(garbage.read_text())
+    audit["connection_types"] = {
+        name: count
+        for name, count in audit["types"].items()
+        if name.startswith(CONNECTION_MODULES)
+    }
+    return audit
 
 
 async def drive(run: Run, pool: HTTPConnectionPool, pid: int) -> dict[str, Any]:
@@ -805,6 +846,11 @@ def checks(
         "no_errors": not stats.errors,
         "clean_daemon_log": not bad_lines,
         "daemon_exit_0": exit_code == 0,
+        **(
+            {"no_connection_cycles": not end["gc_audit"].get("connection_types", 1)}
+            if config.gc_audit
+            else {}
+        ),
     }
 
 
@@ -915,9 +961,10 @@ async def soak(reactor: Any, config: Config) -> dict[str, Any]:
         settings = load_settings({}, env_file)
         assert settings.private_key_pem is not None
         port = free_port()
+        gc_file = scratch / "gc.json"
         with log.open("wb") as log_file:
             proc = subprocess.Popen(
-                twistd_argv(port, env_file),
+                twistd_argv(port, env_file, gc_file if config.gc_audit else None),
                 cwd=scratch,
                 env=daemon_env(),
                 stdin=subprocess.DEVNULL,
@@ -948,6 +995,8 @@ async def soak(reactor: Any, config: Config) -> dict[str, Any]:
         await wait_ready(run, pool, proc, log)
         progress(f"daemon ready (pid {proc.pid}); churning for {config.duration:g} s")
         end = await drive(run, pool, proc.pid)
+        if config.gc_audit:
+            end["gc_audit"] = await gc_audit(reactor, proc.pid, gc_file)
     finally:
         await pool.closeCachedConnections()
         exit_code = await stop()
@@ -1001,6 +1050,12 @@ def parse_args(argv: list[str]) -> tuple[Config, Path | None]:
     p.add_argument("--seed", type=int, default=None, help="default: random")
     p.add_argument("--daemon-log", type=Path, help="keep the daemon's log here")
     p.add_argument("--summary", type=Path, help="also write the JSON summary here")
+    p.add_argument(
+        "--gc-audit",
+        action="store_true",
+        help="no automatic garbage collection in the daemon; at the end, name "
+        "what only a cyclic collection would free (check no_connection_cycles)",
+    )
     a = p.parse_args(argv)
     if a.clients < a.concurrency or a.orgs < 1 or a.orgs > a.clients:
         p.error("need orgs >= 1, clients >= orgs and clients >= concurrency")
@@ -1017,6 +1072,7 @@ def parse_args(argv: list[str]) -> tuple[Config, Path | None]:
         abort_fraction=a.abort_fraction,
         seed=a.seed if a.seed is not None else random.SystemRandom().randrange(2**31),
         daemon_log=a.daemon_log,
+        gc_audit=a.gc_audit,
     )
     return config, a.summary
 

@@ -1,16 +1,19 @@
 """Limits against abuse, as plain objects: rate limiting, outgoing buffers, origins.
 
-Sans-IO: time comes in as a ``now`` callable; the WebSocket adapter wires these to
-a connection.
+Sans-IO: time comes in as a ``now`` callable or an ``IReactorTime`` (a ``Clock`` in
+tests); the WebSocket adapter wires these to a connection.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import re
 from collections.abc import Callable, Iterable
 
 import attrs
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 @attrs.frozen(kw_only=True)
@@ -43,6 +46,74 @@ class Verdict(enum.Enum):
     CLOSE = "close"
 
 
+#: Seconds between the lag probe's timers.
+LAG_INTERVAL = 0.1
+
+
+class LagProbe:
+    """How late the event loop has been lately: the lateness of a timer due every ``interval``.
+
+    When the process is busy (a long callback, a garbage collection, a full
+    iteration of work), the timer fires late by about as long as the loop could
+    not read its sockets.  :meth:`lag` is the largest lateness of the ticks
+    within the last ``memory`` seconds (:meth:`lag`); about zero in a process keeping up.  The
+    timer runs only while someone uses the probe (:meth:`attach`).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float = LAG_INTERVAL,
+        memory: float = 1.0,
+    ) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._memory = memory
+        self._users = 0
+        self._due = 0.0
+        self._call: IDelayedCall | None = None
+        #: (time, lateness) of recent late ticks, oldest first.
+        self._late: collections.deque[tuple[float, float]] = collections.deque()
+        #: Told each tick's lateness (0 when on time): the metrics' histogram.
+        self.observers: list[Callable[[float], object]] = []
+
+    def lag(self) -> float:
+        """The loop's recent lateness in seconds."""
+        horizon = self._clock.seconds() - self._memory
+        late = self._late
+        while late and late[0][0] < horizon:
+            late.popleft()
+        return max((lateness for _, lateness in late), default=0.0)
+
+    def attach(self) -> None:
+        """One more user: the timer runs while there is any."""
+        self._users += 1
+        if self._call is None:
+            self._schedule()
+
+    def detach(self) -> None:
+        """One user fewer; the last one stops the timer."""
+        self._users -= 1
+        if self._users <= 0 and self._call is not None:
+            self._users = 0
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _schedule(self) -> None:
+        self._due = self._clock.seconds() + self._interval
+        self._call = self._clock.callLater(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        now = self._clock.seconds()
+        lateness = now - self._due
+        if lateness > 0:
+            self._late.append((now, lateness))
+        for observer in self.observers:
+            observer(max(lateness, 0.0))
+        self._schedule()
+
+
 class FloodGuard:
     """A token bucket per connection, plus flood detection.
 
@@ -51,30 +122,75 @@ class FloodGuard:
     answered with one ``rate_limited`` error, later ones silently.  A burst ends
     after one second without drops; a burst lasting ``flood_seconds`` closes the
     connection.
+
+    Frames are charged by when they arrived, not when they are handled.  The
+    adapter reports each read from the socket (:meth:`read`); the frames parsed
+    from it arrived after the previous read and by this one, and a frame is
+    charged at the earliest time in that span at which the bucket had a token
+    for it.  When the process was too busy to read for a while, an honest
+    client's frames come in one read, and the tokens it earned meanwhile pay
+    for them instead of overflowing the bucket.  The span reaches back only as
+    far as the event loop was late (``lag``, see :class:`LagProbe`): in a
+    process that keeps up, the frames of a read are charged at the read, and a
+    client silent for a while, then flooding, gets ``burst`` frames through at
+    once; in one that was late by L seconds, ``burst + rate * L``.  Without
+    reads reported, a frame is charged when it is checked.
     """
 
     def __init__(
-        self, rate: float, burst: int, flood_seconds: float, now: Callable[[], float]
+        self,
+        rate: float,
+        burst: int,
+        flood_seconds: float,
+        now: Callable[[], float],
+        lag: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._flood_seconds = flood_seconds
         self._now = now
+        self._lag = lag
         self._tokens = float(burst)
+        #: When ``_tokens`` was counted: the charge time of the last frame.
         self._last = now()
+        #: The span of the latest read: frames arrived after ``_since``, by
+        #: ``_read_at``; ``None`` until a read is reported.
+        self._read_at: float | None = None
+        self._since = self._last
         self._burst_started: float | None = None
         self._last_drop = 0.0
 
+    def read(self) -> None:
+        """Bytes were read from the socket: the frames in them arrived since the last read."""
+        now = self._now()
+        previous = self._last if self._read_at is None else self._read_at
+        self._since = max(previous, now - self._lag())
+        self._read_at = now
+
     def check(self) -> Verdict:
         """Account for one incoming frame."""
-        now = self._now()
+        if self._read_at is None:
+            now = since = self._now()
+        else:
+            now, since = self._read_at, self._since
+        # The earliest the frame can be charged: not before it may have
+        # arrived, nor before the frame charged last.
+        at = max(since, self._last)
+        tokens = min(self._burst, self._tokens + (at - self._last) * self._rate)
+        if tokens < 1.0:
+            # It is charged once the bucket has a token, if that is by the read.
+            at += (1.0 - tokens) / self._rate
+            tokens = 1.0
+        if at <= now:
+            self._tokens = tokens - 1.0
+            self._last = at
+            if self._burst_started is not None and now - self._last_drop > 1.0:
+                self._burst_started = None
+            return Verdict.ALLOW
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
+        self._last = max(self._last, now)
         if self._burst_started is not None and now - self._last_drop > 1.0:
             self._burst_started = None
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return Verdict.ALLOW
         self._last_drop = now
         if self._burst_started is None:
             self._burst_started = now

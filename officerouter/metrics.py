@@ -39,13 +39,13 @@ from prometheus_client.registry import Collector
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client, server
 from twisted.web.resource import Resource
 
 from officerouter import codes
+from officerouter.limits import LAG_INTERVAL, LagProbe
 
 log = Logger()
 
@@ -54,8 +54,6 @@ log = Logger()
 #: same text when no name needs escaping (ours never do).
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-#: Seconds between the reactor-lag probe's timers.
-LAG_INTERVAL = 0.1
 
 #: Where a close code or a refusal is not one of ours: a bounded label value.
 OTHER = "other"
@@ -354,40 +352,30 @@ class RouterCollector(Collector):
 
 
 class ReactorLag(service.Service):
-    """A timer every :data:`LAG_INTERVAL` seconds; how late it fires is the lag.
+    """How late the reactor runs a timer due every 100 ms: the figure that tells
+    an operator the process is overloaded (a busy reactor runs timers late).
 
-    A reactor busy with other work runs timers late: this is the figure that
-    tells an operator the process is overloaded.
+    The timer is the flood guard's :class:`~officerouter.limits.LagProbe`, kept
+    running while this service runs: one timer serves both.
     """
 
-    def __init__(
-        self, metrics: Metrics, clock: IReactorTime, interval: float = LAG_INTERVAL
-    ) -> None:
+    def __init__(self, metrics: Metrics, probe: LagProbe) -> None:
         self._metrics = metrics
-        self._clock = clock
-        self._interval = interval
-        self._call: IDelayedCall | None = None
-        self._due = 0.0
+        self._probe = probe
 
     def startService(self) -> None:
         super().startService()
-        self._schedule()
+        self._probe.observers.append(self._observe)
+        self._probe.attach()
 
-    def _schedule(self) -> None:
-        self._due = self._clock.seconds() + self._interval
-        self._call = self._clock.callLater(self._interval, self._fired)
-
-    def _fired(self) -> None:
-        lag = max(0.0, self._clock.seconds() - self._due)
+    def _observe(self, lag: float) -> None:
         self._metrics.reactor_lag.observe(lag)
         self._metrics.reactor_lag_last.set(lag)
-        self._schedule()
 
     def stopService(self) -> None:
         super().stopService()
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._probe.detach()
+        self._probe.observers.remove(self._observe)
 
 
 class GCPauses(service.Service):

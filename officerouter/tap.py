@@ -37,6 +37,7 @@ from officerouter.config import (
     has_verify_keys,
     load_settings,
 )
+from officerouter.gctune import GcPolicy
 from officerouter.history import HistoryBounds, HistoryStore, MemoryStore
 from officerouter.history_sqlite import PoolRunner, SQLiteStore, StoreError
 from officerouter.inflight import InFlight
@@ -154,6 +155,12 @@ class Options(usage.Options):
             "no-direct-writes",
             None,
             "Write only through Twisted's transport buffer (see docs/benchmarks.md).",
+        ],
+        [
+            "no-gc-freeze",
+            None,
+            "Leave the garbage collector as Python sets it (long pauses with many "
+            "connections; see docs/configuration.md).",
         ],
         [
             "auto-knock",
@@ -307,6 +314,14 @@ class Options(usage.Options):
             1.0,
             "glibc: seconds between returning freed memory to the system (0: never).",
             _number("malloc-trim-interval", 0),
+        ],
+        [
+            "gc-full-interval",
+            None,
+            0.0,
+            "Seconds between full garbage collections of frozen objects too, one "
+            "long pause each (0: never).",
+            _number("gc-full-interval", 0),
         ],
         [
             "position-tick",
@@ -921,7 +936,7 @@ def metrics_service(
     if redis is not None:
         redis.link.on_rtt = metrics.redis_rtt.observe
     top = service.MultiService()
-    ReactorLag(metrics, reactor).setServiceParent(top)
+    ReactorLag(metrics, factory.lag_probe).setServiceParent(top)
     GCPauses(metrics).setServiceParent(top)
     MetricsListener(
         endpoint, metrics_site(MetricsResource(metrics.registry)), description
@@ -1086,6 +1101,12 @@ def makeService(options: usage.Options) -> service.IService:
     RouterService(
         registry, factory, site.in_flight, clock, options["shutdown-timeout"]
     ).setServiceParent(top)
+    if not options["no-gc-freeze"]:
+        # Started after the registry and the store, just before listening: what
+        # start-up built is frozen before the first client arrives.
+        GcPolicy(reactor, full_interval=options["gc-full-interval"]).setServiceParent(
+            top
+        )
     (listener if link is None else listen).setServiceParent(top)
     trim = malloc_trimmer() if options["malloc-trim-interval"] > 0 else None
     if trim is not None:

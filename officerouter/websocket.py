@@ -37,6 +37,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ISystemHandle,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -56,7 +57,14 @@ from officerouter.codec import (
     encode,
 )
 from officerouter.inflight import InFlight
-from officerouter.limits import FloodGuard, Limits, OriginPolicy, Outbox, Verdict
+from officerouter.limits import (
+    FloodGuard,
+    LagProbe,
+    Limits,
+    OriginPolicy,
+    Outbox,
+    Verdict,
+)
 from officerouter.messages import ClientMessage, RefreshToken, TokenRefreshed
 from officerouter.metrics import UNKNOWN_TYPE, Metrics
 from officerouter.registry import OrgRegistry
@@ -343,8 +351,13 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         limits = factory.limits
         self._outbox = Outbox(limits.soft_buffer_bytes, limits.hard_buffer_bytes)
         self._guard = FloodGuard(
-            limits.rate, limits.burst, limits.flood_seconds, factory.clock.seconds
+            limits.rate,
+            limits.burst,
+            limits.flood_seconds,
+            factory.clock.seconds,
+            lag=factory.lag_probe.lag,
         )
+        factory.lag_probe.attach()
         transport: Any = self.transport
         if limits.socket_send_buffer:
             _set_send_buffer(transport, limits.socket_send_buffer)
@@ -401,6 +414,14 @@ class OfficeServerProtocol(WebSocketServerProtocol):
                 setattr(self, name, None)
 
     # ------------------------------------------------------------ messages
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn parses every frame of this read before returning: the flood
+        # guard charges them by when they could have arrived, not by when each
+        # is handled (which, when the process is behind, is all at once).
+        if self._guard is not None:
+            self._guard.read()
+        super().dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
@@ -571,6 +592,16 @@ class OfficeServerProtocol(WebSocketServerProtocol):
         self._leave()
         self.factory.live.discard(self)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn resolves ``is_closed`` with the protocol itself, so a closed
+        # connection and its fired Deferred refer to each other and wait for a
+        # full collection, which officerouter.gctune makes rare (and never
+        # reaches once they are frozen).  Nothing waits on it any more: the
+        # callbacks ran when it fired.  Dropping it lets reference counting
+        # free the connection as it closes.
+        self.is_closed = None
+
     def _leave(self) -> None:
         """Leave the room and free the queue; idempotent."""
         expiry, self._expiry = self._expiry, None
@@ -578,6 +609,9 @@ class OfficeServerProtocol(WebSocketServerProtocol):
             expiry.cancel()
         if self._outbox is not None:
             self._outbox.clear()
+        if self._guard is not None:
+            self._guard = None
+            self.factory.lag_probe.detach()
         session, self._session = self._session, None
         if session is not None:
             self.factory.registry.disconnect(session)
@@ -731,6 +765,9 @@ class OfficeServerFactory(WebSocketServerFactory):
         #: Messages queued to clients, each connection counted (read at scrape
         #: time: an int is the cheapest counter on the busiest path).
         self.frames_sent = 0
+        #: How late the reactor has been: how far back the flood guard may
+        #: charge the frames of a late read (runs while a connection is open).
+        self.lag_probe = LagProbe(clock)
         #: Close each connection when its token expires (``--token-expiry``),
         #: this many seconds after ``exp`` (``--token-expiry-grace``).
         self.token_expiry_enforced = token_expiry_enforced

@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from officerouter.limits import FloodGuard, OriginPolicy, Outbox, Verdict
+from officerouter.limits import FloodGuard, LagProbe, OriginPolicy, Outbox, Verdict
 
 
 def _guard(clock: Clock) -> FloodGuard:
@@ -142,3 +142,141 @@ def test_origin_policy_treats_file_pages_as_the_null_origin():
         assert not OriginPolicy(["https://app.example.com"]).allows(origin)
         assert not OriginPolicy(["https://*.null"]).allows(origin)
     assert not OriginPolicy(["null"]).allows("https://app.example.com")
+
+
+# ------------------------------------------------ frames charged by arrival
+
+
+def probed(clock: Clock, rate: float = 20, burst: int = 40) -> FloodGuard:
+    """A guard whose reads reach back as far as a probe on ``clock`` saw it late."""
+    probe = LagProbe(clock)
+    probe.attach()
+    return FloodGuard(
+        rate=rate,
+        burst=burst,
+        flood_seconds=5,
+        now=clock.seconds,
+        lag=probe.lag,
+    )
+
+
+def reads(guard: FloodGuard, frames: int) -> list[Verdict]:
+    """One read carrying ``frames`` frames, each checked."""
+    guard.read()
+    return [guard.check() for _ in range(frames)]
+
+
+def honest_client_with_a_stall(
+    guard: FloodGuard, clock: Clock, stall: float
+) -> list[Verdict]:
+    """A client sending 10 frames a second for 10 s, read as they come, except
+    that the process stalls ``stall`` seconds in the middle (the clock jumps:
+    its timers run late) and then reads everything sent meanwhile at once."""
+    verdicts: list[Verdict] = []
+    for _ in range(50):
+        clock.advance(0.1)
+        verdicts += reads(guard, 1)
+    clock.advance(stall)
+    verdicts += reads(guard, round(stall * 10))
+    for _ in range(50):
+        clock.advance(0.1)
+        verdicts += reads(guard, 1)
+    return verdicts
+
+
+def test_an_honest_client_read_late_is_not_limited():
+    """10 frames a second, delivered in one read after the process stalled 500 ms,
+    pass a limit of 10 a second with a burst of 2: each is charged by when it
+    could have arrived, not when it was read."""
+    clock = Clock()
+    verdicts = honest_client_with_a_stall(probed(clock, rate=10, burst=2), clock, 0.5)
+    assert set(verdicts) == {Verdict.ALLOW}
+
+
+def test_an_honest_client_survives_a_long_stall_at_the_default_limits():
+    """At 20/s with a burst of 40, the 60 frames of a 6 s stall all pass."""
+    clock = Clock()
+    verdicts = honest_client_with_a_stall(probed(clock), clock, 6.0)
+    assert set(verdicts) == {Verdict.ALLOW}
+
+
+def test_a_flood_read_frame_by_frame_is_still_limited_and_closed():
+    """100 frames a second, read as they come, are cut to the rate and closed
+    after flood_seconds, exactly as when charged at handling time."""
+    clock = Clock()
+    guard = probed(clock)
+    seen: list[tuple[float, Verdict]] = []
+    for _ in range(100 * 10):
+        clock.advance(0.01)
+        (verdict,) = reads(guard, 1)
+        seen.append((clock.seconds(), verdict))
+        if verdict is Verdict.CLOSE:
+            break
+    first_second = [v for t, v in seen if t <= 1.0 + 1e-9]
+    assert first_second.count(Verdict.ALLOW) <= 40 + 20
+    warnings = [t for t, v in seen if v is Verdict.DROP_AND_WARN]
+    closes = [t for t, v in seen if v is Verdict.CLOSE]
+    assert len(warnings) == 1
+    assert closes
+    assert 5.0 <= closes[0] - warnings[0] < 5.1
+
+
+def test_a_flood_in_big_reads_is_limited_to_the_rate():
+    """100 frames a second read in batches every half second: at most the rate passes."""
+    clock = Clock()
+    guard = probed(clock)
+    allowed = 0
+    for _ in range(8):  # 4 s
+        clock.advance(0.5)
+        allowed += reads(guard, 50).count(Verdict.ALLOW)
+    assert allowed <= 40 + 20 * 4
+
+
+def test_a_silent_client_flooding_gets_the_burst_when_the_process_keeps_up():
+    """After a minute of silence in a punctual process, one read of 1 000 frames
+    passes exactly the burst."""
+    clock = Clock()
+    guard = probed(clock)
+    clock.pump([0.1] * 600)
+    verdicts = reads(guard, 1000)
+    assert verdicts.count(Verdict.ALLOW) == 40
+    assert verdicts[40] is Verdict.DROP_AND_WARN
+
+
+def test_a_silent_client_flooding_after_a_stall_gets_the_burst_and_the_lag():
+    """The credit for a late read is bounded by how late the process was."""
+    clock = Clock()
+    guard = probed(clock)
+    clock.pump([0.1] * 600)
+    clock.advance(0.6)  # the probe's tick runs 0.5 s late
+    verdicts = reads(guard, 1000)
+    assert verdicts.count(Verdict.ALLOW) == 40 + 10
+
+
+def test_lag_probe_measures_how_late_the_loop_was_and_forgets_it():
+    """A timer due every 0.1 s that fires 0.4 s late reads as 0.4 s of lag for a second."""
+    clock = Clock()
+    probe = LagProbe(clock)
+    probe.attach()
+    clock.pump([0.1] * 10)
+    assert probe.lag() == 0
+    clock.advance(0.5)
+    assert abs(probe.lag() - 0.4) < 1e-9
+    clock.pump([0.1] * 9)
+    assert abs(probe.lag() - 0.4) < 1e-9
+    clock.pump([0.1] * 2)
+    assert probe.lag() == 0
+
+
+def test_lag_probe_runs_only_while_attached():
+    """The probe's timer starts with its first user and stops with its last."""
+    clock = Clock()
+    probe = LagProbe(clock)
+    assert clock.getDelayedCalls() == []
+    probe.attach()
+    probe.attach()
+    assert len(clock.getDelayedCalls()) == 1
+    probe.detach()
+    assert len(clock.getDelayedCalls()) == 1
+    probe.detach()
+    assert clock.getDelayedCalls() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import socket
@@ -23,6 +24,7 @@ from officerouter import logs, tap
 from officerouter.admin import AdminResource
 from officerouter.auth import TokenVerifier, sign_token
 from officerouter.config import ConfigError
+from officerouter.gctune import GcPolicy
 
 #: Every variable the daemon reads; tests that touch os.environ clear them all.
 CONFIG_VARIABLES = (
@@ -441,6 +443,34 @@ def test_admin_page_is_mounted_with_admin(valid_env_file):
         )
     )
     assert isinstance(_site_of(top).resource.children[b"admin"], AdminResource)
+
+
+@pytest.mark.parametrize(
+    ("args", "policies"),
+    [
+        ((), [(0.0, True)]),
+        (("--gc-full-interval", "3600"), [(3600.0, True)]),
+        (("--no-gc-freeze",), []),
+    ],
+)
+def test_make_service_sets_the_gc_policy(valid_env_file, args, policies):
+    """The garbage-collection policy starts just before the listener; --no-gc-freeze drops it."""
+    top = tap.makeService(
+        parse(
+            "--env-file",
+            str(valid_env_file),
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            *args,
+        )
+    )
+    children = list(top)
+    found = [
+        (c._full_interval, isinstance(after, StreamServerEndpointService))
+        for c, after in itertools.pairwise(children)
+        if isinstance(c, GcPolicy)
+    ]
+    assert found == policies
 
 
 def test_make_service_with_bad_port_exits_cleanly(valid_env_file):
