@@ -487,7 +487,10 @@ describe("presence", () => {
 });
 
 describe("presence diffs", () => {
-  const state = (users, positions) => ({ type: "presence_state", payload: positions ? { users, positions } : { users } });
+  const state = (users, positions) => ({
+    type: "presence_state",
+    payload: positions ? { users, positions } : { users },
+  });
   const diff = (payload) => ({ type: "presence_diff", payload });
   // An entry of a map folded from diffs: they carry no connection counts.
   const folded = (userId, extra = {}) => ({ userId, role: "member", connections: null, position: null, ...extra });
