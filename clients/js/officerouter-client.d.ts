@@ -2,7 +2,7 @@
 // generated from the server's message catalog (`officerouter schema --typescript`).
 import type { ConnectedPayload, ServerFrame } from "./frames.js";
 
-export type { ServerFrame, ClientFrame } from "./frames.js";
+export type { ServerFrame, ClientFrame, PresenceStateFrame, PresenceDiffFrame } from "./frames.js";
 
 /** A position as sent and relayed: `x`, `y` and, optionally, the room. */
 export interface Position {
@@ -15,8 +15,10 @@ export interface Position {
 export interface PresenceUser {
   readonly userId: string;
   readonly role: string;
-  /** Live connections; 0 while the user is within the server's grace period. */
-  readonly connections: number;
+  /** Live connections; 0 while the user is within the server's grace period, or
+   * missing from a reconnect's snapshot (the client's own grace). null with
+   * `presence: "diff"`, whose frames carry no counts (ask GET /internal/presence). */
+  readonly connections: number | null;
   /** The latest position, or null until the user moves. */
   readonly position: Position | null;
 }
@@ -67,6 +69,10 @@ export interface OfficeClientOptions {
   getToken: (context: { reason: "connect" | "refresh" }) => string | Promise<string>;
   /** "plain" (default): one position_update per move; "batched": one positions frame per tick. */
   positions?: "plain" | "batched";
+  /** "events" (default): presence, user_joined, user_left, user_role_changed frames;
+   * "diff": `?presence=diff`, presence_state then one presence_diff per tick (for big
+   * orgs). The same map and the same presence, join and leave events either way. */
+  presence?: "events" | "diff";
   /** position_update frames per second at most (default 10; the server allows --rate, 20). */
   positionRate?: number;
   /** Start connecting at once (default true). */
@@ -118,7 +124,7 @@ export interface OfficeClientEvents {
 }
 
 export declare const DEFAULTS: Readonly<Required<Pick<OfficeClientOptions,
-  "positions" | "positionRate" | "backoffBase" | "backoffMax" | "goingAwayJitter" |
+  "positions" | "presence" | "positionRate" | "backoffBase" | "backoffMax" | "goingAwayJitter" |
   "stableAfter" | "refreshAt" | "refreshRetry" | "resendPosition" | "presenceGrace">>>;
 export declare const STOP_CODES: ReadonlySet<number>;
 export declare const CLOSE_TOKEN_EXPIRED: 4001;

@@ -4,7 +4,8 @@
 // contract of docs/operations.md so that applications do not have to:
 // backoff with full jitter, `?since=` recovery with seq dedupe, the close codes
 // that mean "stop", token refresh before `exp`, a presence map kept across
-// reconnects, and position updates coalesced under the server's rate limit.
+// reconnects (from presence events or, opted in, presence diffs), and position
+// updates coalesced under the server's rate limit.
 // docs/client.md documents the API and every choice made here.
 
 /** Close codes after which the client never reconnects by itself. */
@@ -27,6 +28,7 @@ export const CLOSE_GOING_AWAY = 1001;
 /** Defaults of every tunable option (milliseconds unless named otherwise). */
 export const DEFAULTS = Object.freeze({
   positions: "plain",
+  presence: "events", // "diff": ?presence=diff, presence_state then presence_diff frames (big orgs)
   positionRate: 10, // position_update frames per second; the server allows 20 (--rate)
   backoffBase: 1000, // the first backoff window: a random wait in [0, 1 s)
   backoffMax: 30000, // the largest backoff window
@@ -93,7 +95,14 @@ const REAL_CLOCK = {
 };
 
 // Frames the client handles itself; everything else is an application message.
-const PRESENCE_EVENTS = new Set(["presence", "user_joined", "user_left", "user_role_changed"]);
+const PRESENCE_FRAMES = new Set([
+  "presence",
+  "user_joined",
+  "user_left",
+  "user_role_changed",
+  "presence_state",
+  "presence_diff",
+]);
 
 export class OfficeClient {
   /**
@@ -109,6 +118,9 @@ export class OfficeClient {
     this._options = { ...DEFAULTS, ...options };
     if (!["plain", "batched"].includes(this._options.positions)) {
       throw new TypeError('OfficeClient: positions must be "plain" or "batched"');
+    }
+    if (!["events", "diff"].includes(this._options.presence)) {
+      throw new TypeError('OfficeClient: presence must be "events" or "diff"');
     }
     if (!(this._options.positionRate > 0 && Number.isFinite(this._options.positionRate))) {
       throw new TypeError("OfficeClient: positionRate must be a positive number of frames a second");
@@ -151,6 +163,9 @@ export class OfficeClient {
     // Users missing from a reconnect's snapshot, on probation: userId -> timer.
     this._departing = new Map();
     this._presenceEmitted = false;
+    // With presence "diff": positions of users not in the map (yet), until the
+    // next presence_state or presence_diff says whether they joined.
+    this._strayPositions = new Map();
 
     // Positions: the latest one not yet sent, the last one sent, and when.
     this._pendingPosition = null;
@@ -301,6 +316,7 @@ export class OfficeClient {
     if (target.protocol === "https:") target.protocol = "wss:";
     if (this._epoch !== null) target.searchParams.set("since", this.since);
     if (this._options.positions === "batched") target.searchParams.set("positions", "batched");
+    if (this._options.presence === "diff") target.searchParams.set("presence", "diff");
     return target.toString();
   }
 
@@ -434,6 +450,7 @@ export class OfficeClient {
     this._token = null;
     for (const timer of this._departing.values()) this._clock.clearTimeout(timer);
     this._departing.clear();
+    this._strayPositions.clear();
     if (this._presence.size > 0) {
       // Nobody can say who is online any more.
       this._presence = new Map();
@@ -473,7 +490,7 @@ export class OfficeClient {
         this._serverError(payload);
         return;
       default:
-        if (PRESENCE_EVENTS.has(frame.type)) {
+        if (PRESENCE_FRAMES.has(frame.type)) {
           this._presenceFrame(frame.type, payload);
           return;
         }
@@ -533,6 +550,14 @@ export class OfficeClient {
       this._applySnapshot(payload.users ?? []);
       return;
     }
+    if (type === "presence_state") {
+      this._applyState(payload);
+      return;
+    }
+    if (type === "presence_diff") {
+      this._applyDiff(payload);
+      return;
+    }
     const before = this._presence.get(payload.userId);
     if (type === "user_joined") {
       this._keep(payload.userId);
@@ -580,6 +605,60 @@ export class OfficeClient {
     this._presenceEmitted = true;
   }
 
+  /**
+   * `presence_state` (presence "diff"): everyone online, by role, and the
+   * positions known. Applied as a snapshot, with the same grace for users it
+   * lacks. It lists this user too, whom the map leaves out; it carries no
+   * connection counts (`connections: null`).
+   */
+  _applyState({ users = {}, positions = {} }) {
+    const self = this._connectionInfo?.userId;
+    const entries = [];
+    for (const [role, ids] of Object.entries(users)) {
+      for (const userId of ids) {
+        if (userId === self) continue;
+        const known = Object.hasOwn(positions, userId) ? positions[userId] : this._strayPositions.get(userId);
+        const position = known ?? null;
+        entries.push({ userId, role, connections: null, position });
+      }
+    }
+    this._strayPositions.clear();
+    this._applySnapshot(entries);
+  }
+
+  /**
+   * `presence_diff` (presence "diff"): one tick's net change. Leaves first,
+   * then joins, as the protocol says: a user in both left and came back within
+   * the tick (`leave`, then `join`, their position forgotten); a join of a user
+   * in the map is a role change (or the end of a probation). One `presence`
+   * event for the whole diff.
+   */
+  _applyDiff({ joins = {}, leaves = [] }) {
+    const self = this._connectionInfo?.userId;
+    let changed = false;
+    for (const userId of leaves) {
+      this._keep(userId);
+      if (userId === self || !this._presence.delete(userId)) continue;
+      changed = true;
+      this._emit("leave", userId);
+    }
+    for (const [role, ids] of Object.entries(joins)) {
+      for (const userId of ids) {
+        if (userId === self) continue;
+        this._keep(userId);
+        const before = this._presence.get(userId);
+        const position = before ? before.position : (this._strayPositions.get(userId) ?? null);
+        const entry = Object.freeze({ userId, role, connections: null, position });
+        if (before && sameEntry(entry, before)) continue;
+        this._presence.set(userId, entry);
+        changed = true;
+        if (!before) this._emit("join", entry);
+      }
+    }
+    this._strayPositions.clear();
+    if (changed) this._emit("presence", this.presence);
+  }
+
   /** A user on probation is back (or gone for sure): stop the probation. */
   _keep(userId) {
     const timer = this._departing.get(userId);
@@ -599,7 +678,13 @@ export class OfficeClient {
   _position(userId, position) {
     if (typeof userId !== "string") return;
     const entry = this._presence.get(userId);
-    if (entry) this._presence.set(userId, Object.freeze({ ...entry, position }));
+    if (entry) {
+      this._presence.set(userId, Object.freeze({ ...entry, position }));
+    } else if (this._options.presence === "diff" && userId !== this._connectionInfo?.userId) {
+      // Presence and positions ticks are not ordered: a newcomer's position
+      // may come before the diff that lists them.
+      this._strayPositions.set(userId, position);
+    }
     this._emit("position", userId, position);
   }
 

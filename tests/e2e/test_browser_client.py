@@ -282,6 +282,52 @@ def test_connects_receives_and_keeps_the_servers_presence(
         assert alice["resyncs"] == 0
 
 
+@pytest.mark.parametrize("deployment", ["one-process", "redis"])
+def test_presence_diffs_fold_into_the_servers_presence(
+    tmp_path: Path, env, page: Page, deployment: str, request: pytest.FixtureRequest
+):
+    """With ``presence: "diff"`` the client folds presence_state and presence_diff
+    frames into the map that GET /internal/presence describes (users, roles and
+    positions, without its own user), after joins, a position and a leave."""
+    environ = clean_environ()
+    if deployment == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        environ["REDIS_URL"] = redis.url
+    daemon = Daemon(tmp_path, *env, "--presence-grace", "0.5", environ=environ)
+    with daemons(daemon):
+        daemon.start()
+        start(page, "alice", url=daemon.websocket, presence="diff")
+        start(page, "bob", url=daemon.websocket)
+        start(page, "carol", url=daemon.websocket, presence="diff")
+        wait(page, "logs.alice.presence?.bob && logs.alice.presence?.carol")
+        page.evaluate("window.clients.bob.sendPosition({x: 3, y: 4, roomId: 'hall'})")
+        wait(page, "window.clients.alice.presence.get('bob').position?.x === 3")
+        # Dave's position is sent as soon as he is connected: it may reach alice
+        # before the diff that lists him, and is kept all the same.
+        start(page, "dave", url=daemon.websocket)
+        page.evaluate("window.clients.dave.sendPosition({x: 7, y: 8})")
+        wait(page, "window.clients.alice.presence.get('dave')?.position?.x === 7")
+        page.evaluate("window.clients.carol.close()")
+        wait(page, "logs.alice.leaves.includes('carol')")
+
+        alice = log(page, "alice")
+        mapped = page.evaluate("Object.fromEntries(window.clients.alice.presence)")
+        server = {u["userId"]: u for u in daemon.presence(ORG)}
+        assert set(server) == {"alice", "bob", "dave"}
+        assert mapped == {
+            name: {**server[name], "connections": None} for name in ("bob", "dave")
+        }
+        assert server["dave"]["position"] == {"x": 7, "y": 8}
+        assert sorted(alice["joins"]) == ["bob", "carol", "dave"]
+        assert alice["leaves"] == ["carol"]
+        assert alice["presence"] == mapped
+        # The diff contract, not the events one.
+        assert "presence_state" in alice["frameTypes"]
+        assert "presence_diff" in alice["frameTypes"]
+        assert not {"presence", "user_joined", "user_left"} & set(alice["frameTypes"])
+        assert alice["errors"] == []
+
+
 def test_restart_with_sqlite_history_misses_nothing_and_repeats_nothing(
     tmp_path: Path, env, page: Page
 ):

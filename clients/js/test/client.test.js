@@ -486,6 +486,153 @@ describe("presence", () => {
   });
 });
 
+describe("presence diffs", () => {
+  const state = (users, positions) => ({
+    type: "presence_state",
+    payload: positions ? { users, positions } : { users },
+  });
+  const diff = (payload) => ({ type: "presence_diff", payload });
+  // An entry of a map folded from diffs: they carry no connection counts.
+  const folded = (userId, extra = {}) => ({ userId, role: "member", connections: null, position: null, ...extra });
+
+  test("presence=diff goes in the query, with since and positions", async () => {
+    const { clock } = await setup({ presence: "diff", positions: "batched" });
+    assert.equal(FakeWebSocket.last.url, "ws://router.test/websocket?positions=batched&presence=diff");
+    FakeWebSocket.last.welcome({ epoch: "abc", seq: 7 });
+    FakeWebSocket.last.serverClose(1006);
+    await clock.advance(1000);
+    const query = new URL(FakeWebSocket.last.url).searchParams;
+    assert.deepEqual(Object.fromEntries(query), { since: "abc.7", positions: "batched", presence: "diff" });
+  });
+
+  test("the default is the events contract, and another value is refused", async () => {
+    await setup();
+    assert.equal(new URL(FakeWebSocket.last.url).searchParams.has("presence"), false);
+    assert.throws(
+      () => new OfficeClient({ url: "ws://x", getToken: async () => "t", WebSocket: FakeWebSocket, presence: "all" }),
+      /presence must be "events" or "diff"/,
+    );
+  });
+
+  test("the state, then each diff, are folded into the map, this user left out", async () => {
+    const { client, of } = await setup({ presence: "diff" });
+    FakeWebSocket.last.welcome();
+    assert.deepEqual(of("presence"), [], "nothing until the state");
+    FakeWebSocket.last.receive(
+      state({ admin: ["alice"], member: ["me", "bob", "carol"] }, { bob: { x: 5, y: 6, roomId: "hall" } }),
+    );
+    assert.deepEqual(Object.fromEntries(client.presence), {
+      alice: folded("alice", { role: "admin" }),
+      bob: folded("bob", { position: { x: 5, y: 6, roomId: "hall" } }),
+      carol: folded("carol"),
+    });
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["alice", "bob", "carol"],
+    );
+    FakeWebSocket.last.receive(diff({ joins: { member: ["dave", "erin"], guest: ["fay"] }, leaves: ["carol"] }));
+    FakeWebSocket.last.receive(diff({ leaves: ["alice"] }));
+    assert.deepEqual([...client.presence.keys()], ["bob", "dave", "erin", "fay"]);
+    assert.deepEqual(client.presence.get("fay"), folded("fay", { role: "guest" }));
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["alice", "bob", "carol", "dave", "erin", "fay"],
+    );
+    assert.deepEqual(of("leave"), [["carol"], ["alice"]]);
+    // One presence event for the state and one per diff, however many users it names.
+    assert.equal(of("presence").length, 3);
+    assert.deepEqual(Object.fromEntries(of("presence").at(-1)[0]), Object.fromEntries(client.presence));
+  });
+
+  test("a leave and a rejoin in one tick: leave, then join, the position forgotten", async () => {
+    const { client, of } = await setup({ presence: "diff" });
+    FakeWebSocket.last.welcome();
+    FakeWebSocket.last.receive(state({ member: ["me", "bob"] }, { bob: { x: 1, y: 1 } }));
+    const seen = [];
+    client.on("leave", (userId) => seen.push(["leave", userId, client.presence.has(userId)]));
+    client.on("join", (entry) => seen.push(["join", entry.userId, client.presence.has(entry.userId)]));
+    FakeWebSocket.last.receive(diff({ joins: { admin: ["bob"] }, leaves: ["bob"] }));
+    // Each event sees the map as it is at that step.
+    assert.deepEqual(seen, [
+      ["leave", "bob", false],
+      ["join", "bob", true],
+    ]);
+    assert.deepEqual(client.presence.get("bob"), folded("bob", { role: "admin" }));
+    assert.deepEqual(of("leave"), [["bob"]]);
+    assert.equal(of("presence").length, 2);
+  });
+
+  test("a join of a user in the map is a role change: no join, no leave", async () => {
+    const { client, of } = await setup({ presence: "diff" });
+    FakeWebSocket.last.welcome();
+    FakeWebSocket.last.receive(state({ member: ["me", "bob"] }));
+    FakeWebSocket.last.receive({ type: "position_update", from: "bob", payload: { x: 2, y: 3 } });
+    FakeWebSocket.last.receive(diff({ joins: { admin: ["bob"] } }));
+    assert.deepEqual(client.presence.get("bob"), folded("bob", { role: "admin", position: { x: 2, y: 3 } }));
+    assert.equal(of("presence").length, 2);
+    // Our own role changing is a join of ours: not in the map, nothing emitted.
+    FakeWebSocket.last.receive(diff({ joins: { admin: ["me"] } }));
+    assert.equal(client.presence.has("me"), false);
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["bob"],
+    );
+    assert.deepEqual(of("leave"), []);
+    assert.equal(of("presence").length, 2);
+  });
+
+  test("a newcomer's position that comes before the diff listing them is kept", async () => {
+    const { client, of } = await setup({ presence: "diff" });
+    FakeWebSocket.last.welcome();
+    FakeWebSocket.last.receive(state({ member: ["me"] }));
+    FakeWebSocket.last.receive({ type: "position_update", from: "dave", payload: { x: 7, y: 8 } });
+    FakeWebSocket.last.receive({ type: "position_update", from: "gone", payload: { x: 0, y: 0 } });
+    FakeWebSocket.last.receive(diff({ joins: { member: ["dave"] } }));
+    assert.deepEqual(of("join")[0][0], folded("dave", { position: { x: 7, y: 8 } }));
+    // A stray position lasts until the next diff only: a user who left is not
+    // brought back with it.
+    FakeWebSocket.last.receive(diff({ leaves: ["dave"] }));
+    FakeWebSocket.last.receive(diff({ joins: { member: ["gone"] } }));
+    assert.deepEqual(client.presence.get("gone").position, null);
+  });
+
+  test("a reconnect's state keeps users who stayed without leave or join", async () => {
+    const { clock, of, client } = await setup({ presence: "diff" });
+    FakeWebSocket.last.welcome();
+    FakeWebSocket.last.receive(state({ member: ["me", "bob", "carol", "dave"] }));
+    const before = of("presence").length;
+    FakeWebSocket.last.serverClose(1006);
+    await clock.advance(1000);
+    FakeWebSocket.last.welcome({ recovered: true });
+    assert.equal(client.presence.size, 3, "kept until the state comes");
+    FakeWebSocket.last.receive(state({ member: ["bob", "me", "carol"], admin: ["erin"] }));
+    // Dave is missing from the state: he stays, with no connection, for the
+    // grace period; bob and carol never left.
+    assert.deepEqual([...client.presence.keys()], ["bob", "carol", "erin", "dave"]);
+    assert.equal(client.presence.get("dave").connections, 0);
+    assert.equal(of("presence").length, before + 1);
+    assert.deepEqual(of("leave"), []);
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["bob", "carol", "dave", "erin"],
+    );
+    // A server restart: carol comes back within the grace, in a diff.
+    FakeWebSocket.last.serverClose(1001);
+    await clock.advance(1000);
+    FakeWebSocket.last.welcome({ recovered: true });
+    FakeWebSocket.last.receive(state({ member: ["me"] }));
+    FakeWebSocket.last.receive(diff({ joins: { member: ["carol"] } }));
+    await clock.advance(5000);
+    assert.deepEqual([...client.presence.keys()], ["carol"]);
+    assert.deepEqual(client.presence.get("carol"), folded("carol"));
+    assert.deepEqual(of("leave").map(([id]) => id).sort(), ["bob", "dave", "erin"]);
+    assert.deepEqual(
+      of("join").map(([u]) => u.userId),
+      ["bob", "carol", "dave", "erin"],
+    );
+  });
+});
+
 describe("positions", () => {
   test("200 calls in a second send at most the rate, spaced, the latest last", async () => {
     const { client, clock } = await setup();

@@ -6,6 +6,8 @@ import {
   OfficeClient,
   closeAction,
   type ClientState,
+  type PresenceDiffFrame,
+  type PresenceStateFrame,
   type PresenceUser,
   type ServerFrame,
   type StateInfo,
@@ -15,6 +17,7 @@ const client = new OfficeClient({
   url: ["wss://a.example/websocket", "wss://b.example/websocket"],
   getToken: async ({ reason }) => (reason === "refresh" ? "t2" : "t1"),
   positions: "batched",
+  presence: "diff",
   positionRate: 5,
   presenceGrace: DEFAULTS.presenceGrace * 2,
 });
@@ -29,9 +32,14 @@ client.on("message", (frame) => {
 });
 client.on("frame", (frame: ServerFrame) => {
   if (frame.type === "connected") console.log(frame.payload.connectionId);
+  if (frame.type === "presence_state") console.log(frame.payload.users?.admin, frame.payload.positions);
+  if (frame.type === "presence_diff") console.log(frame.payload.joins, frame.payload.leaves?.length);
 });
+const diffs: PresenceDiffFrame[] = [];
+const states: PresenceStateFrame[] = [{ type: "presence_state", payload: { users: { member: ["bob"] } } }];
+console.log(diffs.length, states[0].payload.users);
 client.on("presence", (users: Map<string, PresenceUser>) => {
-  for (const [id, user] of users) console.log(id, user.role, user.connections, user.position?.x);
+  for (const [id, user] of users) console.log(id, user.role, user.connections ?? "unknown", user.position?.x);
 });
 client.on("join", (user) => console.log(user.userId));
 client.on("leave", (userId: string) => console.log(userId));
@@ -49,5 +57,7 @@ client.close();
 new OfficeClient({ url: async ({ attempt }) => `wss://n${attempt}.example/websocket`, getToken: () => "t" });
 // @ts-expect-error positions is "plain" or "batched"
 new OfficeClient({ url: "wss://x", getToken: () => "t", positions: "all" });
+// @ts-expect-error presence is "events" or "diff"
+new OfficeClient({ url: "wss://x", getToken: () => "t", presence: "diffs" });
 // @ts-expect-error no such event
 client.on("nope", () => {});
