@@ -54,7 +54,11 @@ from officerouter.messages import (
 )
 from officerouter.metrics import Metrics
 from officerouter.registry import OrgRegistry
-from officerouter.websocket import OfficeServerFactory, OfficeWebSocketResource
+from officerouter.websocket import (
+    OfficeServerFactory,
+    OfficeWebSocketResource,
+    direct_writes_possible,
+)
 
 log = Logger()
 
@@ -145,6 +149,29 @@ class OfficeSite(server.Site):
             super().log(request)
 
 
+def send_now(transport: Any) -> None:
+    """Send what a plain TCP transport holds now, not when epoll next says so.
+
+    Twisted's ``transport.write`` only queues; the bytes go out when the reactor
+    next polls and finds the socket writable, after the WebSocket frames of the
+    notification being answered have been flushed to every recipient.  Answered
+    at once, a backend that waits for each answer (a Go client with a few
+    keep-alive connections) sends its next notification while those frames are
+    being written, so the next iteration routes several notifications together
+    and each recipient gets them in one ``send``.  ``doWrite`` is the transport's
+    own :class:`~twisted.internet.interfaces.IWriteDescriptor` method, the one
+    the reactor calls; a connection that is closing, or whose write fails, is
+    left to the reactor, which calls it again and finds the error itself.
+    """
+    if (
+        direct_writes_possible(transport)
+        and transport.connected
+        and transport._tempDataLen
+        and not transport.disconnecting
+    ):
+        transport.doWrite()
+
+
 class BoundedRequest(server.Request):
     """A request bounded in size and in time.
 
@@ -157,6 +184,8 @@ class BoundedRequest(server.Request):
 
     max_body_bytes = 65536
     request_timeout = 30.0
+    #: Send a finished response on the socket at once (:func:`send_now`).
+    send_at_once = False
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -214,8 +243,11 @@ class BoundedRequest(server.Request):
         self._done()
 
     def finish(self) -> None:
+        channel = self.channel
         super().finish()
         self._done()
+        if self.send_at_once and channel is not None:
+            send_now(channel.transport)
 
     def _done(self) -> None:
         # Not notifyFinish(): its callback would tie the request to itself.
@@ -788,6 +820,7 @@ def make_site(
 
     _Request.max_body_bytes = max_body_bytes
     _Request.request_timeout = http_timeout
+    _Request.send_at_once = factory.direct_writes
     site = OfficeSite(
         root, requestFactory=_Request, timeout=http_timeout, access_log=access_log
     )

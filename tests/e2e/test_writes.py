@@ -19,8 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import pytest_twisted
-from twisted.internet import defer, ssl
+import treq
+from twisted.internet import defer, reactor, ssl
+from twisted.web.client import HTTPConnectionPool
 
+from officerouter import web
 from officerouter.config import Settings
 from tests.loopback import (
     RawClient,
@@ -87,6 +90,57 @@ async def test_direct_writes_can_be_turned_off(router, token):
     for i in range(5):
         assert (await client.next())["payload"]["roomId"] == f"r{i}"
     assert len(queued) == 5
+
+
+def _watch_answers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """For each finished HTTP response: the bytes Twisted's buffer held before
+    :func:`officerouter.web.send_now`, and after (0: sent in the same turn)."""
+    seen: list[tuple[int, int]] = []
+    real = web.send_now
+
+    def spy(transport: Any) -> None:
+        before = transport._tempDataLen + len(transport.dataBuffer)
+        real(transport)
+        seen.append((before, transport._tempDataLen + len(transport.dataBuffer)))
+
+    monkeypatch.setattr(web, "send_now", spy)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_is_sent_when_it_is_finished(router, monkeypatch):
+    """A notify's answer leaves in the turn that finished it, not after the
+    reactor polls again (when its frames have been written to every recipient)."""
+    seen = _watch_answers(monkeypatch)
+    # A backend keeps its connections alive (a closing one is left to Twisted).
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    try:
+        for i in range(3):
+            response = await treq.post(
+                router.base + "/internal/notify",
+                json=_broadcast(i),
+                headers={
+                    "CF-Access-Client-Id": router.service_id,
+                    "CF-Access-Client-Secret": router.service_secret,
+                },
+                pool=pool,
+            )
+            assert response.code == 200
+            await response.content()
+    finally:
+        await pool.closeCachedConnections()
+    assert len(seen) == 3
+    assert all(before > 0 and after == 0 for before, after in seen), seen
+
+
+@pytest.mark.parametrize("router_options", [{"direct_writes": False}])
+@pytest_twisted.ensureDeferred
+async def test_no_direct_writes_leaves_answers_to_the_reactor(router, monkeypatch):
+    """``--no-direct-writes`` covers answers too: Twisted writes them."""
+    seen = _watch_answers(monkeypatch)
+    status, _ = await router.notify(_broadcast(0))
+    assert status == 200
+    assert seen == []
 
 
 @pytest.mark.parametrize(
