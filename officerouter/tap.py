@@ -154,7 +154,8 @@ class Options(usage.Options):
         [
             "no-direct-writes",
             None,
-            "Write only through Twisted's transport buffer (see docs/benchmarks.md).",
+            "Write frames and HTTP answers only through Twisted's transport buffer "
+            "(see docs/benchmarks.md).",
         ],
         [
             "no-gc-freeze",
