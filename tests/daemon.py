@@ -49,6 +49,25 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
 
 
+def spawn_twistd(
+    daemon: ProcessProtocol,
+    directory: Path,
+    *options: str,
+    environ: dict[str, str] | None = None,
+) -> Any:
+    """Run the installed ``twistd -n officerouter OPTIONS`` with ``directory``
+    as its working directory (twistd puts the cwd on ``sys.path``: the
+    checkout's plugin must not hide a packaging bug), a clean environment plus
+    ``environ``; returns the process transport."""
+    return reactor.spawnProcess(
+        daemon,
+        str(TWISTD),
+        twistd_command(*options),
+        env={**clean_environ(), **(environ or {})},
+        path=str(directory),
+    )
+
+
 class Daemon(ProcessProtocol):
     """A twistd child process: everything it writes, its port, and its end."""
 

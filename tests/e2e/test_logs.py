@@ -22,13 +22,11 @@ from twisted.logger import (
 from officerouter.config import default_node_id
 from tests.daemon import (
     STARTUP_TIMEOUT,
-    TWISTD,
     Daemon,
-    clean_environ,
     handshake,
     post,
     signed,
-    twistd_command,
+    spawn_twistd,
     write_env_file,
 )
 from tests.loopback import SERVICE_ID, SERVICE_SECRET, ConnectionRefusedByServer, Router
@@ -138,20 +136,16 @@ async def test_installed_daemon_writes_one_json_object_per_line(tmp_path: Path):
     env_file, values = write_env_file(tmp_path)
     daemon = Daemon()
     began = time.time()
-    process = reactor.spawnProcess(
+    process = spawn_twistd(
         daemon,
-        str(TWISTD),
-        twistd_command(
-            "--log-format",
-            "json",
-            "--access-log",
-            "--env-file",
-            str(env_file),
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-        ),
-        env=clean_environ(),
-        path=str(tmp_path),
+        tmp_path,
+        "--log-format",
+        "json",
+        "--access-log",
+        "--env-file",
+        str(env_file),
+        "--port",
+        "tcp:0:interface=127.0.0.1",
     )
     pid = process.pid
     secret = values["CF_ACCESS_CLIENT_SECRET"]

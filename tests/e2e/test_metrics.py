@@ -16,15 +16,13 @@ from twisted.internet import error, reactor
 
 from tests.daemon import (
     STARTUP_TIMEOUT,
-    TWISTD,
     Daemon,
-    clean_environ,
     free_port,
     handshake,
     open_client,
     post,
     signed,
-    twistd_command,
+    spawn_twistd,
     write_env_file,
 )
 from tests.loopback import Client, sleep, wait_until
@@ -79,19 +77,15 @@ async def test_metrics_listener_counts_what_happened(tmp_path: Path):
     their metric on the --metrics listener; the public port has no /metrics."""
     env_file, values = write_env_file(tmp_path)
     daemon = Daemon()
-    process = reactor.spawnProcess(
+    process = spawn_twistd(
         daemon,
-        str(TWISTD),
-        twistd_command(
-            "--env-file",
-            str(env_file),
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--metrics",
-            "tcp:0:interface=127.0.0.1",
-        ),
-        env=clean_environ(),
-        path=str(tmp_path),
+        tmp_path,
+        "--env-file",
+        str(env_file),
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
     )
     client: Client | None = None
     try:
@@ -220,23 +214,20 @@ async def test_workers_parent_shows_the_whole_machine(
     env_file, values = write_env_file(tmp_path)
     port = free_port()
     daemon = Daemon()
-    process = reactor.spawnProcess(
+    process = spawn_twistd(
         daemon,
-        str(TWISTD),
-        twistd_command(
-            "--workers",
-            "2",
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--env-file",
-            str(env_file),
-            "--node-id",
-            "box",
-            "--metrics",
-            "tcp:0:interface=127.0.0.1",
-        ),
-        env={**clean_environ(), "REDIS_URL": redis_server.url},
-        path=str(tmp_path),
+        tmp_path,
+        "--workers",
+        "2",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--env-file",
+        str(env_file),
+        "--node-id",
+        "box",
+        "--metrics",
+        "tcp:0:interface=127.0.0.1",
+        environ={"REDIS_URL": redis_server.url},
     )
     client: Client | None = None
     try:

@@ -18,13 +18,13 @@ from twisted.internet import error, reactor
 
 from tests.daemon import (
     STARTUP_TIMEOUT,
-    TWISTD,
     Daemon,
     clean_environ,
     handshake,
     open_client,
     post,
     signed,
+    spawn_twistd,
     twistd_command,
     write_env_file,
 )
@@ -40,14 +40,13 @@ async def test_installed_twistd_round_trip_and_graceful_stop(tmp_path: Path):
     """A client of the installed daemon gets a notification, then 1001 on SIGTERM; exit 0."""
     env_file, values = write_env_file(tmp_path)
     daemon = Daemon()
-    process = reactor.spawnProcess(
+    process = spawn_twistd(
         daemon,
-        str(TWISTD),
-        twistd_command(
-            "--env-file", str(env_file), "--port", "tcp:0:interface=127.0.0.1"
-        ),
-        env=clean_environ(),
-        path=str(tmp_path),
+        tmp_path,
+        "--env-file",
+        str(env_file),
+        "--port",
+        "tcp:0:interface=127.0.0.1",
     )
     client: Client | None = None
     try:

@@ -21,12 +21,12 @@ from twisted.internet import error, reactor, task
 
 from tests.daemon import (
     STARTUP_TIMEOUT,
-    TWISTD,
     Daemon,
     clean_environ,
     free_port,
     open_client,
     signed,
+    spawn_twistd,
     twistd_command,
     write_env_file,
 )
@@ -95,21 +95,18 @@ async def test_workers_share_one_port_are_restarted_and_drain(tmp_path, redis_ur
     env_file, values = write_env_file(tmp_path)
     port = free_port()
     daemon = Daemon()
-    process = reactor.spawnProcess(
+    process = spawn_twistd(
         daemon,
-        str(TWISTD),
-        twistd_command(
-            "--workers",
-            "2",
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--env-file",
-            str(env_file),
-            "--node-id",
-            "office",
-        ),
-        env={**clean_environ(), "REDIS_URL": redis_url},
-        path=str(tmp_path),
+        tmp_path,
+        "--workers",
+        "2",
+        "--port",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--env-file",
+        str(env_file),
+        "--node-id",
+        "office",
+        environ={"REDIS_URL": redis_url},
     )
     parent = process.pid
     seen: set[int] = set()
