@@ -454,6 +454,30 @@ class Router:
         The service token is the router's unless ``client_id``/``secret`` say
         otherwise (``None`` leaves a header out).
         """
+        result = await self.notify_result(
+            body,
+            client_id=client_id,
+            secret=secret,
+            content_type=content_type,
+            method=method,
+        )
+        try:
+            return result.code, result.json()
+        except ValueError:
+            return result.code, result.content
+
+    async def notify_result(
+        self,
+        body: Any,
+        *,
+        idempotency_key: str | None = None,
+        client_id: str | EllipsisType | None = ...,
+        secret: str | EllipsisType | None = ...,
+        content_type: str | None = "application/json",
+        method: str = "POST",
+    ) -> HTTPResult:
+        """POST /internal/notify, with an ``Idempotency-Key`` when given; the
+        whole answer (status, headers, body)."""
         if client_id is ...:
             client_id = self.service_id
         if secret is ...:
@@ -465,12 +489,10 @@ class Router:
             headers["CF-Access-Client-Secret"] = secret
         if content_type is not None:
             headers["Content-Type"] = content_type
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        result = await self.http(method, "/internal/notify", headers=headers, data=data)
-        try:
-            return result.code, result.json()
-        except ValueError:
-            return result.code, result.content
+        return await self.http(method, "/internal/notify", headers=headers, data=data)
 
     async def health(self) -> dict[str, Any]:
         """GET /healthz, which must answer 200 with JSON."""

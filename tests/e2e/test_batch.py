@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import pytest_twisted
 
 from officerouter.messages import MAX_BATCH
-from tests.loopback import SERVICE_ID, SERVICE_SECRET, Router, both_deployments
+from tests.loopback import Router, both_deployments
 
 pytestmark = pytest.mark.e2e
 
@@ -36,16 +35,7 @@ async def post(
 ) -> tuple[int, Any, bytes, list[bytes] | None]:
     """POST to /internal/notify: status, JSON answer, raw answer, and the
     ``Idempotent-Replayed`` header."""
-    headers = {
-        "CF-Access-Client-Id": SERVICE_ID,
-        "CF-Access-Client-Secret": SERVICE_SECRET,
-        "Content-Type": "application/json",
-    }
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    result = await router.http(
-        "POST", "/internal/notify", headers=headers, data=json.dumps(body).encode()
-    )
+    result = await router.notify_result(body, idempotency_key=key)
     return (
         result.code,
         result.json(),

@@ -390,16 +390,7 @@ async def post_once(
 ) -> tuple[int, Any, list[bytes] | None]:
     """POST a notification with an ``Idempotency-Key``: status, answer, and the
     ``Idempotent-Replayed`` header."""
-    headers = {
-        "CF-Access-Client-Id": SERVICE_ID,
-        "CF-Access-Client-Secret": SERVICE_SECRET,
-        "Content-Type": "application/json",
-    }
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    result = await router.http(
-        "POST", "/internal/notify", headers=headers, data=json.dumps(body).encode()
-    )
+    result = await router.notify_result(body, idempotency_key=key)
     return (
         result.code,
         result.json(),
