@@ -79,9 +79,16 @@ class OfficeChannel(http.HTTPChannel):
 
     request_line_timeout = 30.0
     _line_deadline: IDelayedCall | None = None
+    #: Send each finished answer at once (:func:`send_now`): the site allows
+    #: it and this is a plain TCP connection, decided once per connection.
+    answers_at_once = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        site = getattr(self, "site", None)  # set by Site.buildProtocol
+        self.answers_at_once = getattr(
+            site, "send_at_once", False
+        ) and direct_writes_possible(self.transport)
         self.expect_request()
 
     def expect_request(self) -> None:
@@ -129,9 +136,17 @@ class OfficeSite(server.Site):
     protocol = OfficeChannel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: Resource, *, access_log: bool = False, **kwargs: Any
+        self,
+        resource: Resource,
+        *,
+        access_log: bool = False,
+        send_at_once: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
+        #: Answers leave the moment they are finished (``--no-direct-writes``
+        #: turns it off): :func:`send_now`.
+        self.send_at_once = send_at_once
         #: The HTTP requests being served: each counts from its request line
         #: until its response is finished or its connection is lost (an upgraded
         #: request is handed to the WebSocket factory's own count).
@@ -161,14 +176,10 @@ def send_now(transport: Any) -> None:
     and each recipient gets them in one ``send``.  ``doWrite`` is the transport's
     own :class:`~twisted.internet.interfaces.IWriteDescriptor` method, the one
     the reactor calls; a connection that is closing, or whose write fails, is
-    left to the reactor, which calls it again and finds the error itself.
+    left to the reactor, which calls it again and finds the error itself.  Only
+    for Twisted's plain TCP transport (:attr:`OfficeChannel.answers_at_once`).
     """
-    if (
-        direct_writes_possible(transport)
-        and transport.connected
-        and transport._tempDataLen
-        and not transport.disconnecting
-    ):
+    if transport.connected and transport._tempDataLen and not transport.disconnecting:
         transport.doWrite()
 
 
@@ -184,8 +195,6 @@ class BoundedRequest(server.Request):
 
     max_body_bytes = 65536
     request_timeout = 30.0
-    #: Send a finished response on the socket at once (:func:`send_now`).
-    send_at_once = False
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -246,7 +255,7 @@ class BoundedRequest(server.Request):
         channel = self.channel
         super().finish()
         self._done()
-        if self.send_at_once and channel is not None:
+        if getattr(channel, "answers_at_once", False):
             send_now(channel.transport)
 
     def _done(self) -> None:
@@ -820,9 +829,12 @@ def make_site(
 
     _Request.max_body_bytes = max_body_bytes
     _Request.request_timeout = http_timeout
-    _Request.send_at_once = factory.direct_writes
     site = OfficeSite(
-        root, requestFactory=_Request, timeout=http_timeout, access_log=access_log
+        root,
+        requestFactory=_Request,
+        timeout=http_timeout,
+        access_log=access_log,
+        send_at_once=factory.direct_writes,
     )
     site.displayTracebacks = False
     site.noisy = False
