@@ -12,7 +12,14 @@ import pytest
 import pytest_twisted
 
 from officerouter.config import Settings
-from tests.loopback import Client, Router, both_deployments, sleep, start_router
+from tests.loopback import (
+    Client,
+    Router,
+    both_deployments,
+    sleep,
+    start_router,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -172,6 +179,9 @@ async def test_users_of_another_router_flow_into_diffs(two_routers, token):
     assert len(await settles(view, b)) == 6
     status, _ = await a.notify(user_updated("u1", "admin"))
     assert status == 200
+    # The change reaches router b through Redis: until then its presence and
+    # the view agree on the old role, so wait for them to agree on the new one.
+    await wait_until(lambda: view.fold().get("u1") == "admin")
     assert (await settles(view, b))["u1"] == "admin"
     for client in elsewhere[:3]:
         client.sendClose()

@@ -118,7 +118,10 @@ class ContractClientFactory(WebSocketClientFactory, ReconnectingClientFactory):
     protocol = ContractClient
     initialDelay = 0.2
     factor = 2.0
-    jitter = 0.3
+    # Twisted draws each delay from normalvariate(delay, delay * jitter): at 0.3
+    # one draw in a few thousand is negative and callLater refuses it (an
+    # unhandled error, and that client never retries); at 0.1 it is 10 sigma.
+    jitter = 0.1
     maxDelay = 2.0
 
     def __init__(self, *args, **kwargs) -> None:
